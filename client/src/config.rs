@@ -1,0 +1,83 @@
+//! The client's configuration file: where the server is, which certificate proves who we
+//! are, and which cluster we archive for.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use walvault_proto::ClusterId;
+
+use crate::error::ClientError;
+
+/// Where the configuration is looked for when neither `--config` nor `WALVAULT_CONFIG` says.
+pub const DEFAULT_PATH: &str = "/etc/walvault/walvault.toml";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: String,
+    server_name: Option<String>,
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cluster: Option<String>,
+    #[serde(default)]
+    compression: Compression,
+    timeout_secs: Option<u64>,
+}
+
+/// Compression on the wire.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    #[default]
+    Zstd,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub path: PathBuf,
+    pub server: String,
+    pub server_name: Option<String>,
+    pub ca: PathBuf,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub cluster: Option<ClusterId>,
+    pub compression: Compression,
+    pub timeout: Duration,
+}
+
+impl ClientConfig {
+    pub fn load(path: &Path) -> Result<Self, ClientError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Config(format!(
+                "cannot read {}: {e} (give --config FILE or set WALVAULT_CONFIG)",
+                path.display()
+            ))
+        })?;
+        let bad = |m: String| ClientError::Config(format!("{}: {m}", path.display()));
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        if !raw.server.starts_with("https://") {
+            return Err(bad(format!("server = {:?} must be an https:// address", raw.server)));
+        }
+        let cluster = raw
+            .cluster
+            .map(|c| c.parse::<ClusterId>())
+            .transpose()
+            .map_err(|e| bad(e.to_string()))?;
+        Ok(Self {
+            path: path.to_owned(),
+            server: raw.server,
+            server_name: raw.server_name,
+            ca: abs(raw.ca),
+            cert: raw.cert.map(abs),
+            key: raw.key.map(abs),
+            cluster,
+            compression: raw.compression,
+            timeout: Duration::from_secs(raw.timeout_secs.unwrap_or(300).max(1)),
+        })
+    }
+}

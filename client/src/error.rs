@@ -1,0 +1,63 @@
+//! The client's errors: each prints as one line that says what failed and, where we know,
+//! what to do.
+
+use std::error::Error as _;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot reach the server at {server}: {detail}")]
+    Connect { server: String, detail: String },
+    /// The server answered with a refusal or failure; its message says why.
+    #[error("{context}: {message}")]
+    Server { context: String, code: tonic::Code, message: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Integrity(String),
+}
+
+impl ClientError {
+    pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
+        let context = context.into();
+        move |source| ClientError::Io { context, source }
+    }
+
+    pub fn server(context: impl Into<String>) -> impl FnOnce(tonic::Status) -> Self {
+        let context = context.into();
+        move |s| {
+            // Transport failures reach us as statuses too; their sources say what happened.
+            let mut message = s.message().to_owned();
+            let mut source = s.source();
+            while let Some(e) = source {
+                let m = e.to_string();
+                if !message.contains(&m) {
+                    message = format!("{message}: {m}");
+                }
+                source = e.source();
+            }
+            ClientError::Server { context, code: s.code(), message }
+        }
+    }
+}
+
+/// The whole source chain of an error on one line.
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out = format!("{out}: {m}");
+        }
+        source = s.source();
+    }
+    out
+}

@@ -1,0 +1,53 @@
+//! walvault: the thin client that runs on database hosts (archive_command,
+//! restore_command) and for the backup team (administration). The binary's `main.rs` only
+//! parses the command line and prints errors.
+
+pub mod cli;
+pub mod commands;
+pub mod config;
+pub mod connect;
+pub mod error;
+pub mod output;
+
+use cli::{Cli, ClusterCommand, Command, TenantCommand};
+use commands::wal_fetch::Fetched;
+use config::ClientConfig;
+use error::ClientError;
+
+/// Runs a parsed command; `Ok(false)` means "failed quietly" (a WAL file the archive does
+/// not have), which exits 1 without alarm.
+pub async fn run(cli: Cli) -> Result<bool, ClientError> {
+    let config = ClientConfig::load(&cli.config)?;
+    let cluster = cli.cluster.as_ref();
+    let size = |s: &Option<String>| -> Result<Option<u64>, ClientError> {
+        match s {
+            None => Ok(None),
+            Some(s) => output::parse_size(s).map_err(ClientError::Usage),
+        }
+    };
+    match cli.command {
+        Command::WalPush { path } => {
+            commands::wal_push::run(&config, cluster, &path).await?;
+        }
+        Command::WalFetch { name, dest } => {
+            if let Fetched::Missing(msg) = commands::wal_fetch::run(&config, cluster, &name, &dest).await? {
+                eprintln!("walvault: {msg}");
+                return Ok(false);
+            }
+        }
+        Command::WalList { json } => commands::wal_list::run(&config, cluster, json).await?,
+        Command::Whoami => commands::admin::whoami(&config).await?,
+        Command::Tenant(TenantCommand::Create { name, quota, dedup }) => {
+            commands::admin::tenant_create(&config, &name, size(&quota)?, dedup).await?
+        }
+        Command::Tenant(TenantCommand::SetQuota { name, quota }) => {
+            commands::admin::tenant_set_quota(&config, &name, size(&Some(quota))?).await?
+        }
+        Command::Tenant(TenantCommand::List { json }) => commands::admin::tenant_list(&config, json).await?,
+        Command::Cluster(ClusterCommand::Create { id }) => commands::admin::cluster_create(&config, &id).await?,
+        Command::Cluster(ClusterCommand::List { tenant, json }) => {
+            commands::admin::cluster_list(&config, tenant.as_ref(), json).await?
+        }
+    }
+    Ok(true)
+}

@@ -1,0 +1,96 @@
+#!/usr/bin/env bash
+# The main job on an embedded default: a file-backed ZFS pool, the walvault server on it, and a
+# PostgreSQL 15 cluster whose archive_command sends its WAL to the server over mutual TLS.
+# Shows what arrived, fetches one segment back and compares it, then cleans everything up
+# (KEEP=1 leaves it all running and prints how to stop it).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+bash scripts/setup.sh
+cargo build --workspace --locked --quiet
+bin=$repo/target/debug
+
+work=$(mktemp -d /tmp/walvault-demo.XXXXXX)
+chmod 755 "$work"
+pool=wvdemo$$
+pgbin=/usr/lib/postgresql/15/bin
+server_pid=
+cleanup() {
+    set +e
+    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
+    if zpool list -H "$pool" >/dev/null 2>&1; then
+        for _ in 1 2 3 4 5 6 7 8 9 10; do zfs destroy -r "$pool/walvault" 2>/dev/null && break; sleep 1; done
+        for _ in 1 2 3 4 5 6 7 8 9 10; do zpool destroy "$pool" 2>/dev/null && break; sleep 1; done
+    fi
+    rm -rf "$work"
+}
+if [ "${KEEP:-0}" != 1 ]; then trap cleanup EXIT; fi
+step() { printf '\n== %s\n' "$*"; }
+
+step "a file-backed ZFS pool: $pool"
+truncate -s 4G "$work/vdev"
+zpool create -m "$work/mnt" "$pool" "$work/vdev"
+
+step "walvault-server init (CA, server certificate, configuration)"
+"$bin/walvault-server" init --dir "$work/etc" --storage "zfs:$pool/walvault" --listen 127.0.0.1:0
+"$bin/walvault-server" cert issue --ca-dir "$work/etc" --admin --out "$work/etc/admin"
+"$bin/walvault-server" cert issue --ca-dir "$work/etc" --agent demo/main --out "$work/etc/agent"
+chown postgres "$work/etc/agent.key"
+
+step "start the server"
+"$bin/walvault-server" run --config "$work/etc/server.toml" >"$work/server.out" 2>"$work/server.log" &
+server_pid=$!
+for _ in $(seq 100); do grep -q listening "$work/server.out" 2>/dev/null && break; sleep 0.1; done
+addr=$(sed -n 's/^listening on //p' "$work/server.out")
+[ -n "$addr" ] || { cat "$work/server.log"; exit 1; }
+echo "listening on $addr"
+client_config() { # $1 = cert prefix
+    printf 'server = "https://%s"\nserver_name = "localhost"\nca = "%s/etc/ca.crt"\ncert = "%s/etc/%s.crt"\nkey = "%s/etc/%s.key"\ncluster = "demo/main"\n' \
+        "$addr" "$work" "$work" "$1" "$work" "$1"
+}
+client_config admin >"$work/etc/admin.toml"
+client_config agent >"$work/etc/agent.toml"
+admin() { "$bin/walvault" --config "$work/etc/admin.toml" "$@"; }
+
+step "create tenant 'demo' (quota 2G) and cluster 'demo/main'"
+admin tenant create demo --quota 2G
+admin cluster create demo/main
+
+step "a PostgreSQL 15 cluster archiving to walvault"
+install -d -o postgres "$work/pg" "$work/sock" "$work/log"
+runuser -u postgres -- "$pgbin/initdb" -D "$work/pg" -U postgres --auth=trust >/dev/null
+port=$(( 20000 + $$ % 20000 ))
+cat >>"$work/pg/postgresql.conf" <<CONF
+port = $port
+listen_addresses = ''
+unix_socket_directories = '$work/sock'
+archive_mode = on
+archive_command = '$bin/walvault --config $work/etc/agent.toml wal-push %p'
+restore_command = '$bin/walvault --config $work/etc/agent.toml wal-fetch %f %p'
+CONF
+runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -l "$work/log/postgresql.log" -w start >/dev/null
+psql() { runuser -u postgres -- /usr/bin/psql -XAtq -h "$work/sock" -p "$port" -U postgres "$@"; }
+
+step "pgbench: load, write for 15 s, switch WAL"
+runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -i -s 10 -q postgres 2>&1 | tail -1
+runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -T 15 -c 4 postgres 2>&1 | grep -E '^tps|transactions actually'
+last=$(psql -c "select pg_walfile_name(pg_switch_wal())")
+for _ in $(seq 300); do
+    [ "$(psql -c 'select last_archived_wal from pg_stat_archiver')" = "$last" ] && break; sleep 0.2
+done
+psql -c "select 'archived: ' || archived_count || ', failed: ' || failed_count || ', last: ' || last_archived_wal from pg_stat_archiver"
+
+step "what arrived (walvault wal-list)"
+"$bin/walvault" --config "$work/etc/agent.toml" wal-list | tail -6
+admin cluster list
+admin tenant list
+zfs list -r -o name,used,compressratio,mountpoint "$pool/walvault"
+
+step "fetch $last back and compare with pg_wal/$last"
+"$bin/walvault" --config "$work/etc/agent.toml" wal-fetch "$last" "$work/fetched"
+cmp "$work/fetched" "$work/pg/pg_wal/$last" && echo "byte-identical"
+
+if [ "${KEEP:-0}" = 1 ]; then
+    echo; echo "left running in $work (server pid $server_pid, PostgreSQL on $work/sock port $port, pool $pool)"
+fi

@@ -1,0 +1,80 @@
+//! The gRPC layer: authenticate the caller from its certificate, convert and validate the
+//! request, call the domain, convert the answer. Nothing here decides policy; `status`
+//! holds the one mapping of domain errors to gRPC codes.
+
+mod admin;
+mod archive;
+mod status;
+
+use std::sync::Arc;
+
+use tonic::{Request, Status};
+use walvault_proto::pb;
+
+use crate::auth::Principal;
+use crate::catalog::Catalog;
+use crate::storage::Storage;
+use crate::tenancy::Tenancy;
+use crate::wal::WalArchive;
+
+pub use admin::AdminApi;
+pub use archive::ArchiveApi;
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct Domain {
+    pub archive: WalArchive,
+    pub tenancy: Tenancy,
+}
+
+impl Domain {
+    pub fn new(storage: Arc<dyn Storage>, catalog: Catalog) -> Self {
+        Self {
+            archive: WalArchive::new(storage.clone(), catalog.clone()),
+            tenancy: Tenancy::new(storage, catalog),
+        }
+    }
+}
+
+/// The caller, from the client certificate the TLS layer verified.
+fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
+    let certs = req
+        .peer_certs()
+        .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+    Principal::from_certificate(leaf.as_ref()).map_err(status::auth)
+}
+
+/// A cluster named in a request, validated; `None` when the request left it empty.
+fn cluster_ref(r: Option<pb::ClusterRef>) -> Result<Option<walvault_proto::ClusterId>, Status> {
+    match r {
+        None => Ok(None),
+        Some(r) if r.tenant.is_empty() && r.cluster.is_empty() => Ok(None),
+        Some(r) => {
+            let tenant = r.tenant.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
+            walvault_proto::ClusterId::new(tenant, &r.cluster)
+                .map(Some)
+                .map_err(|e| Status::invalid_argument(format!("{e}")))
+        }
+    }
+}
+
+/// Runs blocking domain code off the async workers.
+async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> Result<T, Status> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+pub fn services(domain: Domain) -> (pb::archive_server::ArchiveServer<ArchiveApi>, pb::admin_server::AdminServer<AdminApi>) {
+    (
+        pb::archive_server::ArchiveServer::new(ArchiveApi::new(domain.clone())),
+        pb::admin_server::AdminServer::new(AdminApi::new(domain)),
+    )
+}

@@ -1,0 +1,58 @@
+//! The one mapping of domain errors to gRPC statuses. Refusals of bad input are logged as
+//! warnings (the caller is told why); failures of our own are errors.
+
+use tonic::{Code, Status};
+
+use crate::auth::AuthError;
+use crate::tenancy::TenancyError;
+use crate::wal::ArchiveError;
+
+fn refuse(code: Code, msg: String) -> Status {
+    tracing::warn!(code = ?code, "refused: {msg}");
+    Status::new(code, msg)
+}
+
+fn fail(msg: String) -> Status {
+    tracing::error!("{msg}");
+    Status::internal(msg)
+}
+
+pub fn auth(e: AuthError) -> Status {
+    match e {
+        AuthError::Forbidden { .. } => refuse(Code::PermissionDenied, e.to_string()),
+        _ => refuse(Code::Unauthenticated, e.to_string()),
+    }
+}
+
+pub fn archive(e: ArchiveError) -> Status {
+    use ArchiveError as E;
+    let msg = e.to_string();
+    match e {
+        E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
+        // Not an alarm: PostgreSQL probes for files that do not exist.
+        E::NotFound { .. } => Status::not_found(msg),
+        E::SizeMismatch { .. }
+        | E::Undecodable { .. }
+        | E::ChecksumMismatch { .. }
+        | E::BadSegment { .. }
+        | E::BadTextFile { .. } => refuse(Code::InvalidArgument, msg),
+        E::SystemIdentifierMismatch { .. } | E::SegmentSizeMismatch { .. } => {
+            refuse(Code::FailedPrecondition, msg)
+        }
+        E::ContentConflict { .. } => refuse(Code::AlreadyExists, msg),
+        E::QuotaExceeded { .. } | E::StorageFull { .. } => refuse(Code::ResourceExhausted, msg),
+        E::Damaged { .. } | E::Storage { .. } | E::TenantSpace { .. } | E::Io { .. } | E::Catalog(_) => {
+            fail(msg)
+        }
+    }
+}
+
+pub fn tenancy(e: TenancyError) -> Status {
+    use TenancyError as E;
+    let msg = e.to_string();
+    match e {
+        E::TenantExists(_) | E::ClusterExists(_) => refuse(Code::AlreadyExists, msg),
+        E::TenantNotFound(_) | E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
+        E::Storage { .. } | E::Catalog(_) => fail(msg),
+    }
+}

@@ -1,0 +1,297 @@
+//! The catalog: tenants, clusters and archived WAL files, in sled.
+//!
+//! sled appears nowhere else. Keys are `tenant \0 cluster \0 name` so one tenant's or one
+//! cluster's entries form a contiguous, sorted range; values are a format byte followed by
+//! JSON. The catalog is a cache of the storage: everything in it can be rebuilt from datasets,
+//! `walvault:*` properties and the archived files themselves (see `rebuild`). Writes are
+//! flushed before they are acknowledged.
+
+pub mod rebuild;
+
+use std::path::Path;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use walvault_proto::{ClusterId, TenantId, WalFileName};
+
+/// Bumped when the layout changes; `open` refuses a catalog of another version with advice.
+const FORMAT_VERSION: u32 = 1;
+const FORMAT_KEY: &[u8] = b"format_version";
+/// First byte of every value.
+const VALUE_V1: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("open catalog {path}: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error(
+        "catalog {path} has format version {found}, this walvault-server reads {FORMAT_VERSION}; \
+         run `walvault-server catalog rebuild`"
+    )]
+    WrongFormat { path: String, found: u32 },
+    #[error("catalog: {0}")]
+    Db(#[from] sled::Error),
+    #[error("catalog entry {key} is damaged: {detail}")]
+    Damaged { key: String, detail: String },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TenantRecord {
+    pub name: TenantId,
+    pub quota: Option<u64>,
+    pub dedup: bool,
+    pub created_unix: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterRecord {
+    pub id: ClusterId,
+    pub created_unix: i64,
+    /// Bound by the first archived segment; every later one must agree.
+    pub binding: Option<ClusterBinding>,
+}
+
+/// What the first archived segment tells about a cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterBinding {
+    pub system_identifier: u64,
+    pub wal_segment_size: u32,
+    pub pg_major: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WalRecord {
+    pub name: String,
+    pub size: u64,
+    pub stored_size: u64,
+    pub blake3: String,
+    pub archived_unix: i64,
+}
+
+/// A snapshot of the whole catalog, for `catalog dump` and for comparing rebuilds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CatalogDump {
+    pub tenants: Vec<TenantRecord>,
+    pub clusters: Vec<ClusterRecord>,
+    pub wal: Vec<(String, WalRecord)>,
+}
+
+#[derive(Clone)]
+pub struct Catalog {
+    db: sled::Db,
+    tenants: sled::Tree,
+    clusters: sled::Tree,
+    wal: sled::Tree,
+}
+
+impl std::fmt::Debug for Catalog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Catalog").finish_non_exhaustive()
+    }
+}
+
+fn cluster_key(c: &ClusterId) -> Vec<u8> {
+    let mut k = c.tenant().as_str().as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(c.name().as_bytes());
+    k
+}
+
+fn wal_prefix(c: &ClusterId) -> Vec<u8> {
+    let mut k = cluster_key(c);
+    k.push(0);
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_V1];
+    // Serialising our own plain records cannot fail.
+    out.extend(serde_json::to_vec(v).unwrap_or_default());
+    out
+}
+
+fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, CatalogError> {
+    let damaged = |detail: String| CatalogError::Damaged {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        detail,
+    };
+    match v.split_first() {
+        Some((&VALUE_V1, json)) => serde_json::from_slice(json).map_err(|e| damaged(e.to_string())),
+        Some((other, _)) => Err(damaged(format!("unknown value format {other}"))),
+        None => Err(damaged("empty value".into())),
+    }
+}
+
+impl Catalog {
+    pub fn open(path: &Path) -> Result<Self, CatalogError> {
+        let db = sled::open(path).map_err(|source| CatalogError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        match db.get(FORMAT_KEY)? {
+            None => {
+                db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                db.flush()?;
+            }
+            Some(v) => {
+                let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
+                if found != FORMAT_VERSION {
+                    return Err(CatalogError::WrongFormat {
+                        path: path.display().to_string(),
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(Self {
+            tenants: db.open_tree("tenants")?,
+            clusters: db.open_tree("clusters")?,
+            wal: db.open_tree("wal")?,
+            db,
+        })
+    }
+
+    fn flush(&self) -> Result<(), CatalogError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn put_tenant(&self, t: &TenantRecord) -> Result<(), CatalogError> {
+        self.tenants.insert(t.name.as_str().as_bytes(), encode(t))?;
+        self.flush()
+    }
+
+    pub fn tenant(&self, name: &TenantId) -> Result<Option<TenantRecord>, CatalogError> {
+        let key = name.as_str().as_bytes();
+        self.tenants.get(key)?.map(|v| decode(key, &v)).transpose()
+    }
+
+    pub fn tenants(&self) -> Result<Vec<TenantRecord>, CatalogError> {
+        self.tenants.iter().map(|kv| {
+            let (k, v) = kv?;
+            decode(&k, &v)
+        }).collect()
+    }
+
+    pub fn put_cluster(&self, c: &ClusterRecord) -> Result<(), CatalogError> {
+        self.clusters.insert(cluster_key(&c.id), encode(c))?;
+        self.flush()
+    }
+
+    pub fn cluster(&self, id: &ClusterId) -> Result<Option<ClusterRecord>, CatalogError> {
+        let key = cluster_key(id);
+        self.clusters.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// Clusters of one tenant, or of all with `None`.
+    pub fn clusters(&self, tenant: Option<&TenantId>) -> Result<Vec<ClusterRecord>, CatalogError> {
+        let prefix = tenant.map(|t| {
+            let mut p = t.as_str().as_bytes().to_vec();
+            p.push(0);
+            p
+        });
+        self.clusters
+            .scan_prefix(prefix.unwrap_or_default())
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn put_wal(&self, cluster: &ClusterId, w: &WalRecord) -> Result<(), CatalogError> {
+        let mut key = wal_prefix(cluster);
+        key.extend_from_slice(w.name.as_bytes());
+        self.wal.insert(key, encode(w))?;
+        self.flush()
+    }
+
+    pub fn wal_file(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+    ) -> Result<Option<WalRecord>, CatalogError> {
+        let mut key = wal_prefix(cluster);
+        key.extend_from_slice(name.as_str().as_bytes());
+        self.wal.get(&key)?.map(|v| decode(&key, &v)).transpose()
+    }
+
+    /// A cluster's WAL files in name order (= timeline, then LSN order).
+    pub fn wal_files(&self, cluster: &ClusterId) -> Result<Vec<WalRecord>, CatalogError> {
+        self.wal
+            .scan_prefix(wal_prefix(cluster))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn dump(&self) -> Result<CatalogDump, CatalogError> {
+        let clusters = self.clusters(None)?;
+        let mut wal = Vec::new();
+        for c in &clusters {
+            for w in self.wal_files(&c.id)? {
+                wal.push((c.id.to_string(), w));
+            }
+        }
+        Ok(CatalogDump { tenants: self.tenants()?, clusters, wal })
+    }
+
+    /// Removes every entry (the format key stays); used by `rebuild`.
+    pub fn clear(&self) -> Result<(), CatalogError> {
+        self.tenants.clear()?;
+        self.clusters.clear()?;
+        self.wal.clear()?;
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip_and_ranges_do_not_bleed() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("cat")).unwrap();
+        let a: ClusterId = "acme/db".parse().unwrap();
+        // "acme/db" must not see "acme/db2"'s files: the separator ends the prefix.
+        let b: ClusterId = "acme/db2".parse().unwrap();
+        for c in [&a, &b] {
+            cat.put_cluster(&ClusterRecord { id: c.clone(), created_unix: 1, binding: None })
+                .unwrap();
+        }
+        let w = |name: &str| WalRecord {
+            name: name.into(),
+            size: 16,
+            stored_size: 3,
+            blake3: "00".into(),
+            archived_unix: 5,
+        };
+        cat.put_wal(&a, &w("000000010000000000000001")).unwrap();
+        cat.put_wal(&b, &w("000000010000000000000002")).unwrap();
+        assert_eq!(cat.wal_files(&a).unwrap(), vec![w("000000010000000000000001")]);
+        assert_eq!(cat.clusters(Some(&"acme".parse().unwrap())).unwrap().len(), 2);
+        assert_eq!(cat.clusters(Some(&"acm".parse().unwrap())).unwrap().len(), 0);
+        drop(cat);
+        // Reopening keeps everything.
+        let cat = Catalog::open(&dir.path().join("cat")).unwrap();
+        assert_eq!(cat.dump().unwrap().wal.len(), 2);
+    }
+
+    #[test]
+    fn refuses_another_format() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.insert(FORMAT_KEY, &99u32.to_be_bytes()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = Catalog::open(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("format version 99"), "{err}");
+    }
+}

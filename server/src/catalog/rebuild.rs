@@ -1,0 +1,157 @@
+//! Rebuilding the catalog from the storage alone: datasets and their `walvault:*` properties
+//! give tenants and clusters, the archived files' own metadata frames give the WAL entries.
+//! Datasets without our properties are left alone and reported.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use walvault_proto::{ClusterId, TenantId, WalFileName};
+
+use super::{Catalog, CatalogError, ClusterBinding, ClusterRecord, TenantRecord, WalRecord};
+use crate::layout::{self, cluster_props, tenant_props, ClusterLayout, STORED_EXT};
+use crate::storage::{DatasetPath, Storage, StorageError};
+use crate::wal::stored::StoredMeta;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RebuildError {
+    #[error("{context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: StorageError,
+    },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+}
+
+/// What a rebuild found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RebuildReport {
+    pub tenants: usize,
+    pub clusters: usize,
+    pub wal_files: usize,
+    /// Things that were skipped, one line each.
+    pub skipped: Vec<String>,
+}
+
+fn st(context: impl Into<String>) -> impl FnOnce(StorageError) -> RebuildError {
+    let context = context.into();
+    move |source| RebuildError::Storage { context, source }
+}
+
+fn prop<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Option<T> {
+    props.get(key).and_then(|v| v.parse().ok())
+}
+
+/// Empties `catalog` and fills it again from `storage`.
+pub fn rebuild(catalog: &Catalog, storage: &dyn Storage) -> Result<RebuildReport, RebuildError> {
+    catalog.clear()?;
+    let mut report = RebuildReport::default();
+    for tenant_name in storage.children(&DatasetPath::root()).map_err(st("list tenants"))? {
+        let ds = DatasetPath::root().join(&tenant_name).map_err(st("name tenant dataset"))?;
+        let props = storage.properties(&ds).map_err(st(format!("read properties of {ds}")))?;
+        let Some(name) = prop::<TenantId>(&props, tenant_props::TENANT) else {
+            report.skipped.push(format!("dataset {ds}: no {}{} property", crate::storage::PROPERTY_PREFIX, tenant_props::TENANT));
+            continue;
+        };
+        let space = storage.space(&ds).map_err(st(format!("read space of {ds}")))?;
+        catalog.put_tenant(&TenantRecord {
+            name: name.clone(),
+            quota: space.quota,
+            dedup: prop(&props, tenant_props::DEDUP).unwrap_or(false),
+            created_unix: prop(&props, tenant_props::CREATED).unwrap_or(0),
+        })?;
+        report.tenants += 1;
+        rebuild_clusters(catalog, storage, &name, &mut report)?;
+    }
+    Ok(report)
+}
+
+fn rebuild_clusters(
+    catalog: &Catalog,
+    storage: &dyn Storage,
+    tenant: &TenantId,
+    report: &mut RebuildReport,
+) -> Result<(), RebuildError> {
+    let tds = layout::tenant(tenant).map_err(st("name tenant dataset"))?;
+    for cname in storage.children(&tds).map_err(st(format!("list clusters of {tenant}")))? {
+        let ds = tds.join(&cname).map_err(st("name cluster dataset"))?;
+        let props = storage.properties(&ds).map_err(st(format!("read properties of {ds}")))?;
+        let Some(id) = prop::<ClusterId>(&props, cluster_props::CLUSTER) else {
+            report.skipped.push(format!("dataset {ds}: no {}{} property", crate::storage::PROPERTY_PREFIX, cluster_props::CLUSTER));
+            continue;
+        };
+        let binding = match (
+            prop(&props, cluster_props::SYSTEM_IDENTIFIER),
+            prop(&props, cluster_props::WAL_SEGMENT_SIZE),
+            prop(&props, cluster_props::PG_MAJOR),
+        ) {
+            (Some(system_identifier), Some(wal_segment_size), Some(pg_major)) => {
+                Some(ClusterBinding { system_identifier, wal_segment_size, pg_major })
+            }
+            _ => None,
+        };
+        catalog.put_cluster(&ClusterRecord {
+            id: id.clone(),
+            created_unix: prop(&props, cluster_props::CREATED).unwrap_or(0),
+            binding,
+        })?;
+        report.clusters += 1;
+        rebuild_wal(catalog, storage, &id, report)?;
+    }
+    Ok(())
+}
+
+fn rebuild_wal(
+    catalog: &Catalog,
+    storage: &dyn Storage,
+    cluster: &ClusterId,
+    report: &mut RebuildReport,
+) -> Result<(), RebuildError> {
+    let l = ClusterLayout::of(cluster).map_err(st("name cluster datasets"))?;
+    let dir = storage.mountpoint(&l.wal).map_err(st(format!("find the WAL dataset of {cluster}")))?;
+    let io = |context: String| move |source| RebuildError::Io { context, source };
+    let mut entries: Vec<_> = fs::read_dir(&dir)
+        .map_err(io(format!("list {}", dir.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(io(format!("list {}", dir.display())))?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(name) = file_name.strip_suffix(STORED_EXT).and_then(|n| n.parse::<WalFileName>().ok())
+        else {
+            if !file_name.starts_with('.') {
+                report.skipped.push(format!("{}: not an archived WAL file", e.path().display()));
+            }
+            continue;
+        };
+        let path = e.path();
+        let mut f = fs::File::open(&path).map_err(io(format!("open {}", path.display())))?;
+        let meta = match StoredMeta::read_from(&mut f) {
+            Ok(m) => m,
+            Err(err) => {
+                report.skipped.push(format!("{}: {err}", path.display()));
+                continue;
+            }
+        };
+        let stored_size = f.metadata().map_err(io(format!("stat {}", path.display())))?.len();
+        catalog.put_wal(
+            cluster,
+            &WalRecord {
+                name: name.to_string(),
+                size: meta.size,
+                stored_size,
+                blake3: hex::encode(meta.blake3),
+                archived_unix: meta.archived_unix,
+            },
+        )?;
+        report.wal_files += 1;
+    }
+    Ok(())
+}

@@ -1,0 +1,217 @@
+//! The server's configuration: one TOML file, read into a raw serde struct that refuses
+//! unknown keys, then validated into [`Config`]. Relative paths are taken relative to the
+//! file's directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: String,
+    catalog: PathBuf,
+    #[serde(default = "default_pg_user")]
+    pg_user: String,
+    tls: RawTls,
+    storage: RawStorage,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+fn default_pg_user() -> String {
+    "postgres".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, tag = "backend", rename_all = "lowercase")]
+enum RawStorage {
+    Zfs { dataset: String },
+    Dir { path: PathBuf },
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    request_timeout_secs: Option<u64>,
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageConfig {
+    /// A ZFS dataset (`pool/walvault`) under which tenants live.
+    Zfs { dataset: String },
+    /// Plain directories under a path (for machines without ZFS).
+    Dir { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub catalog: PathBuf,
+    /// The unprivileged OS user PostgreSQL runs as on the server.
+    pub pg_user: String,
+    pub tls: TlsFiles,
+    pub storage: StorageConfig,
+    /// Bound on every request's duration.
+    pub request_timeout: Duration,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse(&text, base).map_err(|message| ConfigError::Invalid {
+            path: path.display().to_string(),
+            message,
+        })
+    }
+
+    /// Parses and validates; relative paths are resolved against `base`.
+    pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
+        let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let listen = raw
+            .listen
+            .parse()
+            .map_err(|_| format!("listen = {:?} is not an address like 127.0.0.1:7400", raw.listen))?;
+        let storage = match raw.storage {
+            RawStorage::Zfs { dataset } => {
+                let ok = !dataset.is_empty()
+                    && !dataset.starts_with('/')
+                    && dataset.split('/').all(|c| {
+                        !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch))
+                    });
+                if !ok {
+                    return Err(format!("storage.dataset = {dataset:?} is not a ZFS dataset name like tank/walvault"));
+                }
+                StorageConfig::Zfs { dataset }
+            }
+            RawStorage::Dir { path } => StorageConfig::Dir { path: abs(path) },
+        };
+        if raw.pg_user.is_empty() || raw.pg_user == "root" {
+            return Err(format!("pg_user = {:?}: PostgreSQL must run as an unprivileged user", raw.pg_user));
+        }
+        let timeout = raw.limits.request_timeout_secs.unwrap_or(600);
+        if timeout == 0 {
+            return Err("limits.request_timeout_secs must be at least 1".into());
+        }
+        Ok(Self {
+            listen,
+            catalog: abs(raw.catalog),
+            pg_user: raw.pg_user,
+            tls: TlsFiles { ca: abs(raw.tls.ca), cert: abs(raw.tls.cert), key: abs(raw.tls.key) },
+            storage,
+            request_timeout: Duration::from_secs(timeout),
+        })
+    }
+}
+
+/// The configuration `walvault-server init` writes.
+pub fn template(dir: &Path, storage: &StorageConfig, listen: &str, catalog: &Path, pg_user: &str) -> String {
+    let storage = match storage {
+        StorageConfig::Zfs { dataset } => format!("backend = \"zfs\"\ndataset = {dataset:?}\n"),
+        StorageConfig::Dir { path } => format!("backend = \"dir\"\npath = {:?}\n", path.display().to_string()),
+    };
+    format!(
+        "# walvault-server configuration (written by `walvault-server init`)\n\
+         listen = {listen:?}\n\
+         catalog = {:?}\n\
+         pg_user = {pg_user:?}\n\n\
+         [tls]\n\
+         ca = {:?}\n\
+         cert = {:?}\n\
+         key = {:?}\n\n\
+         [storage]\n{storage}",
+        catalog.display().to_string(),
+        dir.join("ca.crt").display().to_string(),
+        dir.join("server.crt").display().to_string(),
+        dir.join("server.key").display().to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:0"
+catalog = "catalog"
+[tls]
+ca = "ca.crt"
+cert = "/etc/walvault/server.crt"
+key = "server.key"
+[storage]
+backend = "zfs"
+dataset = "tank/walvault"
+"#;
+
+    #[test]
+    fn parses_and_resolves_relative_paths() {
+        let c = Config::parse(GOOD, Path::new("/etc/walvault")).unwrap();
+        assert_eq!(c.catalog, Path::new("/etc/walvault/catalog"));
+        assert_eq!(c.tls.cert, Path::new("/etc/walvault/server.crt"));
+        assert_eq!(c.pg_user, "postgres");
+        assert_eq!(c.storage, StorageConfig::Zfs { dataset: "tank/walvault".into() });
+    }
+
+    #[test]
+    fn refuses_bad_input_with_the_reason() {
+        let cases = [
+            (GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"here\""), "listen"),
+            (GOOD.replace("tank/walvault", "/tank"), "storage.dataset"),
+            (GOOD.replace("tank/walvault", "tank//x"), "storage.dataset"),
+            (format!("{GOOD}\nsurprise = 1\n"), "surprise"),
+            (GOOD.replace("backend = \"zfs\"", "backend = \"ceph\""), "ceph"),
+            (format!("pg_user = \"root\"\n{GOOD}"), "unprivileged"),
+        ];
+        for (text, needle) in cases {
+            let err = Config::parse(&text, Path::new("/")).unwrap_err();
+            assert!(err.contains(needle), "{err:?} should mention {needle}");
+        }
+    }
+
+    #[test]
+    fn the_template_parses() {
+        let t = template(
+            Path::new("/etc/walvault"),
+            &StorageConfig::Dir { path: "/srv/wv".into() },
+            "127.0.0.1:7400",
+            Path::new("/var/lib/walvault/catalog"),
+            "postgres",
+        );
+        let c = Config::parse(&t, Path::new("/")).unwrap();
+        assert_eq!(c.storage, StorageConfig::Dir { path: "/srv/wv".into() });
+    }
+}

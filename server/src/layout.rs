@@ -1,0 +1,65 @@
+//! Where each tenant's and cluster's data lives in the storage (DESIGN §4), and the names of
+//! the `walvault:*` properties that let the catalog be rebuilt from the storage alone.
+
+use walvault_proto::{ClusterId, TenantId};
+
+use crate::storage::{DatasetPath, StorageError};
+
+/// Properties of a tenant's dataset.
+pub mod tenant_props {
+    pub const TENANT: &str = "tenant";
+    pub const CREATED: &str = "created";
+    pub const DEDUP: &str = "dedup";
+}
+
+/// Properties of a cluster's dataset.
+pub mod cluster_props {
+    pub const CLUSTER: &str = "cluster";
+    pub const CREATED: &str = "created";
+    pub const SYSTEM_IDENTIFIER: &str = "system_identifier";
+    pub const WAL_SEGMENT_SIZE: &str = "wal_segment_size";
+    pub const PG_MAJOR: &str = "pg_major";
+}
+
+/// Record size of PGDATA datasets: PostgreSQL's page size, so a changed page rewrites one
+/// record.
+pub const DATA_RECORDSIZE: u32 = 8 << 10;
+/// Record size of the WAL archive: whole compressed files are written once and read whole.
+pub const WAL_RECORDSIZE: u32 = 1 << 20;
+
+pub fn tenant(t: &TenantId) -> Result<DatasetPath, StorageError> {
+    DatasetPath::new([t.as_str()])
+}
+
+/// The datasets of one cluster.
+#[derive(Debug, Clone)]
+pub struct ClusterLayout {
+    pub cluster: DatasetPath,
+    /// Parent of everything a backup snapshots.
+    pub db: DatasetPath,
+    pub data: DatasetPath,
+    pub tablespaces: DatasetPath,
+    pub wal: DatasetPath,
+    pub restores: DatasetPath,
+}
+
+impl ClusterLayout {
+    pub fn of(c: &ClusterId) -> Result<Self, StorageError> {
+        let cluster = DatasetPath::new([c.tenant().as_str(), c.name()])?;
+        let db = cluster.join("db")?;
+        Ok(Self {
+            data: db.join("data")?,
+            tablespaces: db.join("tblspc")?,
+            wal: cluster.join("wal")?,
+            restores: cluster.join("restores")?,
+            db,
+            cluster,
+        })
+    }
+}
+
+/// Directory inside the WAL dataset where files are written before they are renamed into
+/// place; never listed as archive content, emptied at start-up.
+pub const INCOMING_DIR: &str = ".incoming";
+/// Extension of archived files (they are zstd files).
+pub const STORED_EXT: &str = ".zst";

@@ -1,0 +1,125 @@
+//! walvault-server: the central backup server. `run` serves the gRPC API over mutual TLS
+//! until `shutdown` resolves; the binary (`main.rs`) only parses the command line.
+
+pub mod api;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod layout;
+pub mod process;
+pub mod storage;
+pub mod tenancy;
+pub mod wal;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio::net::TcpListener;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use crate::catalog::{Catalog, CatalogError};
+use crate::config::{Config, StorageConfig};
+use crate::storage::{dir::DirStorage, zfs::ZfsStorage, Storage, StorageError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("read TLS file {path}: {source}")]
+    TlsFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("set up TLS: {0}")]
+    Tls(#[source] tonic::transport::Error),
+    #[error("open storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error("clean up interrupted pushes: {0}")]
+    Recover(#[from] wal::ArchiveError),
+    #[error("serve: {0}")]
+    Transport(#[source] tonic::transport::Error),
+}
+
+/// Seconds since the epoch.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+/// `1.5 GiB`, for messages people read.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// Opens the configured storage backend.
+pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageError> {
+    Ok(match config {
+        StorageConfig::Zfs { dataset } => Arc::new(ZfsStorage::open(dataset)?),
+        StorageConfig::Dir { path } => Arc::new(DirStorage::open(path)?),
+    })
+}
+
+fn read_tls(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
+    std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.display().to_string(), source })
+}
+
+/// Serves the API on `listener` until `shutdown` resolves.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(read_tls(&config.tls.cert)?, read_tls(&config.tls.key)?))
+        .client_ca_root(Certificate::from_pem(read_tls(&config.tls.ca)?));
+    let storage = tokio::task::spawn_blocking({
+        let c = config.storage.clone();
+        move || open_storage(&c)
+    })
+    .await
+    .map_err(|e| StorageError::io("open storage", std::io::Error::other(e)))??;
+    let catalog = Catalog::open(&config.catalog)?;
+    let domain = api::Domain::new(storage.clone(), catalog);
+    let removed = domain.archive.discard_incomplete()?;
+    if removed > 0 {
+        tracing::info!(removed, "discarded files of interrupted pushes");
+    }
+    tracing::info!(
+        backend = storage.backend(),
+        location = %storage.location(),
+        compression = %storage.compression(),
+        "storage ready"
+    );
+    let (archive, admin) = api::services(domain);
+    Server::builder()
+        .tls_config(tls)
+        .map_err(ServeError::Tls)?
+        .timeout(config.request_timeout)
+        .add_service(archive)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await
+        .map_err(ServeError::Transport)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(8 << 20), "8.0 MiB");
+        assert_eq!(super::human_bytes(3 << 29), "1.5 GiB");
+    }
+}

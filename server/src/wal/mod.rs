@@ -1,0 +1,8 @@
+//! The WAL archive (DESIGN §5): what may enter it, how it is stored, how it comes back out.
+
+pub mod archive;
+pub mod header;
+pub mod stored;
+mod text;
+
+pub use archive::{ArchiveError, FetchedWal, IncomingWal, PushOutcome, WalArchive};

@@ -1,0 +1,104 @@
+//! The at-rest format of an archived WAL file: a standard zstd file (so `zstd -d` restores
+//! the original bytes) that opens with a zstd *skippable frame* carrying our metadata — the
+//! original size, its blake3 and when it was archived. The file is self-describing, so the
+//! catalog can be rebuilt from the archive alone and a fetch can verify end to end.
+
+use std::io::Read;
+
+/// Skippable frame magic 0x184D2A50 + 7 ('W' for walvault; any of 0..=15 is valid).
+const SKIPPABLE_MAGIC: u32 = 0x184D_2A57;
+const TAG: &[u8; 8] = b"WALVAULT";
+const VERSION: u8 = 1;
+/// tag + version + size + archived_at + blake3
+const PAYLOAD_LEN: usize = 8 + 1 + 8 + 8 + 32;
+pub const HEADER_LEN: usize = 8 + PAYLOAD_LEN;
+
+/// What the metadata frame records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoredMeta {
+    /// Size of the original file.
+    pub size: u64,
+    pub archived_unix: i64,
+    pub blake3: [u8; 32],
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoredError {
+    #[error("has no walvault metadata frame (not written by walvault, or damaged)")]
+    NoMetadata,
+    #[error("has walvault metadata of unknown version {0}")]
+    UnknownVersion(u8),
+    #[error("could not be read: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StoredMeta {
+    pub fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut out = [0u8; HEADER_LEN];
+        out[0..4].copy_from_slice(&SKIPPABLE_MAGIC.to_le_bytes());
+        out[4..8].copy_from_slice(&(PAYLOAD_LEN as u32).to_le_bytes());
+        out[8..16].copy_from_slice(TAG);
+        out[16] = VERSION;
+        out[17..25].copy_from_slice(&self.size.to_le_bytes());
+        out[25..33].copy_from_slice(&self.archived_unix.to_le_bytes());
+        out[33..65].copy_from_slice(&self.blake3);
+        out
+    }
+
+    pub fn decode(b: &[u8]) -> Result<Self, StoredError> {
+        if b.len() < HEADER_LEN
+            || b[0..4] != SKIPPABLE_MAGIC.to_le_bytes()
+            || b[4..8] != (PAYLOAD_LEN as u32).to_le_bytes()
+            || &b[8..16] != TAG
+        {
+            return Err(StoredError::NoMetadata);
+        }
+        if b[16] != VERSION {
+            return Err(StoredError::UnknownVersion(b[16]));
+        }
+        let mut size = [0u8; 8];
+        size.copy_from_slice(&b[17..25]);
+        let mut at = [0u8; 8];
+        at.copy_from_slice(&b[25..33]);
+        let mut blake3 = [0u8; 32];
+        blake3.copy_from_slice(&b[33..65]);
+        Ok(Self { size: u64::from_le_bytes(size), archived_unix: i64::from_le_bytes(at), blake3 })
+    }
+
+    /// Reads only the metadata frame at the start of `r`.
+    pub fn read_from(r: &mut impl Read) -> Result<Self, StoredError> {
+        let mut b = [0u8; HEADER_LEN];
+        match r.read_exact(&mut b) {
+            Ok(()) => Self::decode(&b),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Err(StoredError::NoMetadata),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_file_stays_a_standard_zstd_file() {
+        let original = b"hello WAL".repeat(1000);
+        let meta = StoredMeta {
+            size: original.len() as u64,
+            archived_unix: 1_700_000_000,
+            blake3: *blake3::hash(&original).as_bytes(),
+        };
+        let mut file = meta.encode().to_vec();
+        file.extend(zstd::encode_all(&original[..], 1).unwrap());
+        // Any zstd decoder skips our frame.
+        assert_eq!(zstd::decode_all(&file[..]).unwrap(), original);
+        assert_eq!(StoredMeta::read_from(&mut &file[..]).unwrap(), meta);
+    }
+
+    #[test]
+    fn refuses_foreign_files() {
+        let plain = zstd::encode_all(&b"x"[..], 1).unwrap();
+        assert!(matches!(StoredMeta::decode(&plain), Err(StoredError::NoMetadata)));
+        assert!(matches!(StoredMeta::read_from(&mut &b"ab"[..]), Err(StoredError::NoMetadata)));
+    }
+}
