@@ -61,7 +61,10 @@ impl ClientConfig {
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         if !raw.server.starts_with("https://") {
-            return Err(bad(format!("server = {:?} must be an https:// address", raw.server)));
+            return Err(bad(format!(
+                "server = {:?} must be an https:// address",
+                raw.server
+            )));
         }
         let cluster = raw
             .cluster

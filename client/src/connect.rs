@@ -6,7 +6,8 @@ use crate::config::ClientConfig;
 use crate::error::{chain, ClientError};
 
 fn read(what: &str, path: &std::path::Path) -> Result<Vec<u8>, ClientError> {
-    std::fs::read(path).map_err(|e| ClientError::Config(format!("cannot read the {what} {}: {e}", path.display())))
+    std::fs::read(path)
+        .map_err(|e| ClientError::Config(format!("cannot read the {what} {}: {e}", path.display())))
 }
 
 pub async fn channel(config: &ClientConfig) -> Result<Channel, ClientError> {
@@ -22,7 +23,10 @@ pub async fn channel(config: &ClientConfig) -> Result<Channel, ClientError> {
     };
     let mut tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read("CA certificate", &config.ca)?))
-        .identity(Identity::from_pem(read("client certificate", cert)?, read("client key", key)?));
+        .identity(Identity::from_pem(
+            read("client certificate", cert)?,
+            read("client key", key)?,
+        ));
     if let Some(name) = &config.server_name {
         tls = tls.domain_name(name.clone());
     }

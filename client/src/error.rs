@@ -13,7 +13,11 @@ pub enum ClientError {
     Connect { server: String, detail: String },
     /// The server answered with a refusal or failure; its message says why.
     #[error("{context}: {message}")]
-    Server { context: String, code: tonic::Code, message: String },
+    Server {
+        context: String,
+        code: tonic::Code,
+        message: String,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -43,7 +47,11 @@ impl ClientError {
                 }
                 source = e.source();
             }
-            ClientError::Server { context, code: s.code(), message }
+            ClientError::Server {
+                context,
+                code: s.code(),
+                message,
+            }
         }
     }
 }

@@ -30,7 +30,9 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             commands::wal_push::run(&config, cluster, &path).await?;
         }
         Command::WalFetch { name, dest } => {
-            if let Fetched::Missing(msg) = commands::wal_fetch::run(&config, cluster, &name, &dest).await? {
+            if let Fetched::Missing(msg) =
+                commands::wal_fetch::run(&config, cluster, &name, &dest).await?
+            {
                 eprintln!("walvault: {msg}");
                 return Ok(false);
             }
@@ -43,8 +45,12 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
         Command::Tenant(TenantCommand::SetQuota { name, quota }) => {
             commands::admin::tenant_set_quota(&config, &name, size(&Some(quota))?).await?
         }
-        Command::Tenant(TenantCommand::List { json }) => commands::admin::tenant_list(&config, json).await?,
-        Command::Cluster(ClusterCommand::Create { id }) => commands::admin::cluster_create(&config, &id).await?,
+        Command::Tenant(TenantCommand::List { json }) => {
+            commands::admin::tenant_list(&config, json).await?
+        }
+        Command::Cluster(ClusterCommand::Create { id }) => {
+            commands::admin::cluster_create(&config, &id).await?
+        }
         Command::Cluster(ClusterCommand::List { tenant, json }) => {
             commands::admin::cluster_list(&config, tenant.as_ref(), json).await?
         }

@@ -23,7 +23,10 @@ fn validate(kind: &'static str, name: &str) -> Result<(), IdError> {
         return Err(IdError::Empty { kind });
     }
     if name.len() > 63 {
-        return Err(IdError::TooLong { kind, name: name.to_owned() });
+        return Err(IdError::TooLong {
+            kind,
+            name: name.to_owned(),
+        });
     }
     let mut chars = name.chars();
     let first_ok = chars
@@ -34,12 +37,17 @@ fn validate(kind: &'static str, name: &str) -> Result<(), IdError> {
     if first_ok && rest_ok {
         Ok(())
     } else {
-        Err(IdError::BadCharacters { kind, name: name.to_owned() })
+        Err(IdError::BadCharacters {
+            kind,
+            name: name.to_owned(),
+        })
     }
 }
 
 /// A tenant's name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct TenantId(String);
 
@@ -77,7 +85,9 @@ impl fmt::Display for TenantId {
 }
 
 /// A cluster, always qualified by its tenant. Displays and parses as `tenant/cluster`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
 #[serde(try_from = "String", into = "String")]
 pub struct ClusterId {
     tenant: TenantId,
@@ -87,7 +97,10 @@ pub struct ClusterId {
 impl ClusterId {
     pub fn new(tenant: TenantId, name: &str) -> Result<Self, IdError> {
         validate("cluster", name)?;
-        Ok(Self { tenant, name: name.to_owned() })
+        Ok(Self {
+            tenant,
+            name: name.to_owned(),
+        })
     }
 
     pub fn tenant(&self) -> &TenantId {
@@ -103,7 +116,9 @@ impl ClusterId {
 impl FromStr for ClusterId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, IdError> {
-        let (tenant, name) = s.split_once('/').ok_or_else(|| IdError::NotQualified(s.to_owned()))?;
+        let (tenant, name) = s
+            .split_once('/')
+            .ok_or_else(|| IdError::NotQualified(s.to_owned()))?;
         Self::new(tenant.parse()?, name)
     }
 }

@@ -29,7 +29,8 @@ pub enum WalFileKind {
 pub struct WalFileName(String);
 
 fn is_upper_hex(s: &str) -> bool {
-    s.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
 }
 
 fn hex_u32(s: &str) -> u32 {
@@ -141,7 +142,10 @@ mod tests {
         assert_eq!(k("000000010000000A000000FF"), WalFileKind::Segment);
         assert_eq!(k("000000010000000A000000FF.partial"), WalFileKind::Partial);
         assert_eq!(k("00000002.history"), WalFileKind::History);
-        assert_eq!(k("000000010000000000000002.00000028.backup"), WalFileKind::Backup);
+        assert_eq!(
+            k("000000010000000000000002.00000028.backup"),
+            WalFileKind::Backup
+        );
     }
 
     #[test]

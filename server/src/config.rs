@@ -89,8 +89,10 @@ pub struct Config {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Self::parse(&text, base).map_err(|message| ConfigError::Invalid {
             path: path.display().to_string(),
@@ -102,16 +104,20 @@ impl Config {
     pub fn parse(text: &str, base: &Path) -> Result<Self, String> {
         let raw: RawConfig = toml::from_str(text).map_err(|e| e.message().to_owned())?;
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
-        let listen = raw
-            .listen
-            .parse()
-            .map_err(|_| format!("listen = {:?} is not an address like 127.0.0.1:7400", raw.listen))?;
+        let listen = raw.listen.parse().map_err(|_| {
+            format!(
+                "listen = {:?} is not an address like 127.0.0.1:7400",
+                raw.listen
+            )
+        })?;
         let storage = match raw.storage {
             RawStorage::Zfs { dataset } => {
                 let ok = !dataset.is_empty()
                     && !dataset.starts_with('/')
                     && dataset.split('/').all(|c| {
-                        !c.is_empty() && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch))
+                        !c.is_empty()
+                            && c.chars()
+                                .all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch))
                     });
                 if !ok {
                     return Err(format!("storage.dataset = {dataset:?} is not a ZFS dataset name like tank/walvault"));
@@ -121,7 +127,10 @@ impl Config {
             RawStorage::Dir { path } => StorageConfig::Dir { path: abs(path) },
         };
         if raw.pg_user.is_empty() || raw.pg_user == "root" {
-            return Err(format!("pg_user = {:?}: PostgreSQL must run as an unprivileged user", raw.pg_user));
+            return Err(format!(
+                "pg_user = {:?}: PostgreSQL must run as an unprivileged user",
+                raw.pg_user
+            ));
         }
         let timeout = raw.limits.request_timeout_secs.unwrap_or(600);
         if timeout == 0 {
@@ -131,7 +140,11 @@ impl Config {
             listen,
             catalog: abs(raw.catalog),
             pg_user: raw.pg_user,
-            tls: TlsFiles { ca: abs(raw.tls.ca), cert: abs(raw.tls.cert), key: abs(raw.tls.key) },
+            tls: TlsFiles {
+                ca: abs(raw.tls.ca),
+                cert: abs(raw.tls.cert),
+                key: abs(raw.tls.key),
+            },
             storage,
             request_timeout: Duration::from_secs(timeout),
         })
@@ -139,10 +152,19 @@ impl Config {
 }
 
 /// The configuration `walvault-server init` writes.
-pub fn template(dir: &Path, storage: &StorageConfig, listen: &str, catalog: &Path, pg_user: &str) -> String {
+pub fn template(
+    dir: &Path,
+    storage: &StorageConfig,
+    listen: &str,
+    catalog: &Path,
+    pg_user: &str,
+) -> String {
     let storage = match storage {
         StorageConfig::Zfs { dataset } => format!("backend = \"zfs\"\ndataset = {dataset:?}\n"),
-        StorageConfig::Dir { path } => format!("backend = \"dir\"\npath = {:?}\n", path.display().to_string()),
+        StorageConfig::Dir { path } => format!(
+            "backend = \"dir\"\npath = {:?}\n",
+            path.display().to_string()
+        ),
     };
     format!(
         "# walvault-server configuration (written by `walvault-server init`)\n\
@@ -183,17 +205,28 @@ dataset = "tank/walvault"
         assert_eq!(c.catalog, Path::new("/etc/walvault/catalog"));
         assert_eq!(c.tls.cert, Path::new("/etc/walvault/server.crt"));
         assert_eq!(c.pg_user, "postgres");
-        assert_eq!(c.storage, StorageConfig::Zfs { dataset: "tank/walvault".into() });
+        assert_eq!(
+            c.storage,
+            StorageConfig::Zfs {
+                dataset: "tank/walvault".into()
+            }
+        );
     }
 
     #[test]
     fn refuses_bad_input_with_the_reason() {
         let cases = [
-            (GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"here\""), "listen"),
+            (
+                GOOD.replace("listen = \"127.0.0.1:0\"", "listen = \"here\""),
+                "listen",
+            ),
             (GOOD.replace("tank/walvault", "/tank"), "storage.dataset"),
             (GOOD.replace("tank/walvault", "tank//x"), "storage.dataset"),
             (format!("{GOOD}\nsurprise = 1\n"), "surprise"),
-            (GOOD.replace("backend = \"zfs\"", "backend = \"ceph\""), "ceph"),
+            (
+                GOOD.replace("backend = \"zfs\"", "backend = \"ceph\""),
+                "ceph",
+            ),
             (format!("pg_user = \"root\"\n{GOOD}"), "unprivileged"),
         ];
         for (text, needle) in cases {
@@ -206,12 +239,19 @@ dataset = "tank/walvault"
     fn the_template_parses() {
         let t = template(
             Path::new("/etc/walvault"),
-            &StorageConfig::Dir { path: "/srv/wv".into() },
+            &StorageConfig::Dir {
+                path: "/srv/wv".into(),
+            },
             "127.0.0.1:7400",
             Path::new("/var/lib/walvault/catalog"),
             "postgres",
         );
         let c = Config::parse(&t, Path::new("/")).unwrap();
-        assert_eq!(c.storage, StorageConfig::Dir { path: "/srv/wv".into() });
+        assert_eq!(
+            c.storage,
+            StorageConfig::Dir {
+                path: "/srv/wv".into()
+            }
+        );
     }
 }

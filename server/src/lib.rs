@@ -44,7 +44,10 @@ pub enum ServeError {
 
 /// Seconds since the epoch.
 pub(crate) fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// `1.5 GiB`, for messages people read.
@@ -72,7 +75,10 @@ pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageE
 }
 
 fn read_tls(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::TlsFile { path: path.display().to_string(), source })
+    std::fs::read(path).map_err(|source| ServeError::TlsFile {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
 /// Serves the API on `listener` until `shutdown` resolves.
@@ -82,7 +88,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(read_tls(&config.tls.cert)?, read_tls(&config.tls.key)?))
+        .identity(Identity::from_pem(
+            read_tls(&config.tls.cert)?,
+            read_tls(&config.tls.key)?,
+        ))
         .client_ca_root(Certificate::from_pem(read_tls(&config.tls.ca)?));
     let storage = tokio::task::spawn_blocking({
         let c = config.storage.clone();
@@ -109,7 +118,10 @@ pub async fn run(
         .timeout(config.request_timeout)
         .add_service(archive)
         .add_service(admin)
-        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown,
+        )
         .await
         .map_err(ServeError::Transport)
 }

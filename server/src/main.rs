@@ -10,7 +10,11 @@ use walvault_server::catalog::{rebuild::rebuild, Catalog};
 use walvault_server::config::{self, Config, StorageConfig};
 
 #[derive(Parser)]
-#[command(name = "walvault-server", version, about = "walvault's central backup server for PostgreSQL on ZFS")]
+#[command(
+    name = "walvault-server",
+    version,
+    about = "walvault's central backup server for PostgreSQL on ZFS"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +26,12 @@ enum Command {
     Init(InitArgs),
     /// Serve the API (mutual TLS) until SIGTERM or SIGINT.
     Run {
-        #[arg(long, short, env = "WALVAULT_SERVER_CONFIG", default_value = "/etc/walvault/server.toml")]
+        #[arg(
+            long,
+            short,
+            env = "WALVAULT_SERVER_CONFIG",
+            default_value = "/etc/walvault/server.toml"
+        )]
         config: PathBuf,
     },
     /// Client certificates.
@@ -81,20 +90,34 @@ enum CertCommand {
 enum CatalogCommand {
     /// Recreate the catalog from the storage alone.
     Rebuild {
-        #[arg(long, short, env = "WALVAULT_SERVER_CONFIG", default_value = "/etc/walvault/server.toml")]
+        #[arg(
+            long,
+            short,
+            env = "WALVAULT_SERVER_CONFIG",
+            default_value = "/etc/walvault/server.toml"
+        )]
         config: PathBuf,
     },
     /// Print the catalog as JSON.
     Dump {
-        #[arg(long, short, env = "WALVAULT_SERVER_CONFIG", default_value = "/etc/walvault/server.toml")]
+        #[arg(
+            long,
+            short,
+            env = "WALVAULT_SERVER_CONFIG",
+            default_value = "/etc/walvault/server.toml"
+        )]
         config: PathBuf,
     },
 }
 
 fn parse_storage(s: &str) -> Result<StorageConfig> {
     match s.split_once(':') {
-        Some(("zfs", ds)) if !ds.is_empty() => Ok(StorageConfig::Zfs { dataset: ds.to_owned() }),
-        Some(("dir", p)) if !p.is_empty() => Ok(StorageConfig::Dir { path: std::path::absolute(p)? }),
+        Some(("zfs", ds)) if !ds.is_empty() => Ok(StorageConfig::Zfs {
+            dataset: ds.to_owned(),
+        }),
+        Some(("dir", p)) if !p.is_empty() => Ok(StorageConfig::Dir {
+            path: std::path::absolute(p)?,
+        }),
         _ => bail!("--storage {s:?}: expected zfs:POOL/DATASET or dir:PATH"),
     }
 }
@@ -104,12 +127,16 @@ fn init(a: InitArgs) -> Result<()> {
     let dir = std::path::absolute(&a.dir)?;
     let config_path = dir.join("server.toml");
     if config_path.exists() {
-        bail!("{} already exists; refusing to overwrite it", config_path.display());
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            config_path.display()
+        );
     }
     pki::init_ca(&dir, &a.hostnames)?;
     let catalog = a.catalog.unwrap_or_else(|| dir.join("catalog"));
     let text = config::template(&dir, &storage, &a.listen, &catalog, &a.pg_user);
-    Config::parse(&text, &dir).map_err(|e| anyhow::anyhow!("generated configuration is invalid: {e}"))?;
+    Config::parse(&text, &dir)
+        .map_err(|e| anyhow::anyhow!("generated configuration is invalid: {e}"))?;
     pki::write_file(&config_path, text.as_bytes(), 0o644)?;
     println!("{}", config_path.display());
     Ok(())
@@ -124,7 +151,10 @@ fn issue(ca_dir: &Path, principal: Principal, out: &Path) -> Result<()> {
     };
     pki::write_file(&with_ext(".key"), key.as_bytes(), 0o600)?;
     pki::write_file(&with_ext(".crt"), cert.as_bytes(), 0o644)?;
-    println!("issued a certificate for the {principal}: {}", with_ext(".crt").display());
+    println!(
+        "issued a certificate for the {principal}: {}",
+        with_ext(".crt").display()
+    );
     Ok(())
 }
 
@@ -143,10 +173,11 @@ async fn serve(config: &Path) -> Result<()> {
     // The one line on stdout: scripts and tests read the bound port from it.
     println!("listening on {}", listener.local_addr()?);
     let shutdown = async {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => return std::future::pending().await,
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return std::future::pending().await,
+            };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
@@ -171,12 +202,25 @@ fn main() -> ExitCode {
         Command::Run { config } => tokio::runtime::Runtime::new()
             .context("start the runtime")
             .and_then(|rt| rt.block_on(serve(&config))),
-        Command::Cert(CertCommand::Issue { ca_dir, agent, operator, admin, out }) => {
+        Command::Cert(CertCommand::Issue {
+            ca_dir,
+            agent,
+            operator,
+            admin,
+            out,
+        }) => {
             let principal = match (agent, operator, admin) {
-                (Some(c), None, false) => c.parse().map(Principal::Agent).map_err(anyhow::Error::from),
-                (None, Some(t), false) => t.parse().map(Principal::Operator).map_err(anyhow::Error::from),
+                (Some(c), None, false) => {
+                    c.parse().map(Principal::Agent).map_err(anyhow::Error::from)
+                }
+                (None, Some(t), false) => t
+                    .parse()
+                    .map(Principal::Operator)
+                    .map_err(anyhow::Error::from),
                 (None, None, true) => Ok(Principal::Admin),
-                _ => Err(anyhow::anyhow!("give exactly one of --agent TENANT/CLUSTER, --operator TENANT, --admin")),
+                _ => Err(anyhow::anyhow!(
+                    "give exactly one of --agent TENANT/CLUSTER, --operator TENANT, --admin"
+                )),
             };
             principal.and_then(|p| issue(&ca_dir, p, &out))
         }

@@ -18,7 +18,11 @@ pub enum ProcessError {
         source: std::io::Error,
     },
     #[error("`{argv}` failed ({status}): {stderr}")]
-    Failed { argv: String, status: String, stderr: String },
+    Failed {
+        argv: String,
+        status: String,
+        stderr: String,
+    },
 }
 
 impl ProcessError {
@@ -69,7 +73,10 @@ pub fn run(cmd: &mut Command) -> Result<Output, ProcessError> {
     let output = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| ProcessError::Spawn { argv: argv.clone(), source })?;
+        .map_err(|source| ProcessError::Spawn {
+            argv: argv.clone(),
+            source,
+        })?;
     let elapsed_ms = started.elapsed().as_millis();
     if output.status.success() {
         tracing::debug!(%argv, elapsed_ms, "ran");

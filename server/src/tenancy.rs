@@ -75,15 +75,27 @@ impl Tenancy {
         }
         let ds = layout::tenant(name).map_err(storage(format!("name tenant {name}")))?;
         let ctx = format!("create dataset for tenant {name}");
-        let options = DatasetOptions { dedup: Some(dedup), quota, ..Default::default() };
-        self.create_or_adopt(&ds, &options).map_err(storage(ctx.clone()))?;
-        let record = TenantRecord { name: name.clone(), quota, dedup, created_unix: unix_now() };
+        let options = DatasetOptions {
+            dedup: Some(dedup),
+            quota,
+            ..Default::default()
+        };
+        self.create_or_adopt(&ds, &options)
+            .map_err(storage(ctx.clone()))?;
+        let record = TenantRecord {
+            name: name.clone(),
+            quota,
+            dedup,
+            created_unix: unix_now(),
+        };
         for (k, v) in [
             (tenant_props::TENANT, name.to_string()),
             (tenant_props::CREATED, record.created_unix.to_string()),
             (tenant_props::DEDUP, dedup.to_string()),
         ] {
-            self.storage.set_property(&ds, k, &v).map_err(storage(ctx.clone()))?;
+            self.storage
+                .set_property(&ds, k, &v)
+                .map_err(storage(ctx.clone()))?;
         }
         self.catalog.put_tenant(&record)?;
         tracing::info!(tenant = %name, ?quota, dedup, "tenant created");
@@ -112,8 +124,10 @@ impl Tenancy {
         name: &TenantId,
         quota: Option<u64>,
     ) -> Result<TenantRecord, TenancyError> {
-        let mut record =
-            self.catalog.tenant(name)?.ok_or_else(|| TenancyError::TenantNotFound(name.clone()))?;
+        let mut record = self
+            .catalog
+            .tenant(name)?
+            .ok_or_else(|| TenancyError::TenantNotFound(name.clone()))?;
         let ds = layout::tenant(name).map_err(storage(format!("name tenant {name}")))?;
         self.storage
             .set_quota(&ds, quota)
@@ -125,16 +139,24 @@ impl Tenancy {
     }
 
     pub fn tenant(&self, name: &TenantId) -> Result<TenantView, TenancyError> {
-        let record =
-            self.catalog.tenant(name)?.ok_or_else(|| TenancyError::TenantNotFound(name.clone()))?;
+        let record = self
+            .catalog
+            .tenant(name)?
+            .ok_or_else(|| TenancyError::TenantNotFound(name.clone()))?;
         let ds = layout::tenant(name).map_err(storage(format!("name tenant {name}")))?;
-        let space =
-            self.storage.space(&ds).map_err(storage(format!("read space of tenant {name}")))?;
+        let space = self
+            .storage
+            .space(&ds)
+            .map_err(storage(format!("read space of tenant {name}")))?;
         Ok(TenantView { record, space })
     }
 
     pub fn tenants(&self) -> Result<Vec<TenantView>, TenancyError> {
-        self.catalog.tenants()?.iter().map(|t| self.tenant(&t.name)).collect()
+        self.catalog
+            .tenants()?
+            .iter()
+            .map(|t| self.tenant(&t.name))
+            .collect()
     }
 
     pub fn create_cluster(&self, id: &ClusterId) -> Result<ClusterRecord, TenancyError> {
@@ -146,8 +168,14 @@ impl Tenancy {
         }
         let l = ClusterLayout::of(id).map_err(storage(format!("name cluster {id}")))?;
         let ctx = format!("create datasets for cluster {id}");
-        let data = DatasetOptions { recordsize: Some(layout::DATA_RECORDSIZE), ..Default::default() };
-        let wal = DatasetOptions { recordsize: Some(layout::WAL_RECORDSIZE), ..Default::default() };
+        let data = DatasetOptions {
+            recordsize: Some(layout::DATA_RECORDSIZE),
+            ..Default::default()
+        };
+        let wal = DatasetOptions {
+            recordsize: Some(layout::WAL_RECORDSIZE),
+            ..Default::default()
+        };
         let plain = DatasetOptions::default();
         for (ds, options) in [
             (&l.cluster, &plain),
@@ -157,14 +185,21 @@ impl Tenancy {
             (&l.wal, &wal),
             (&l.restores, &plain),
         ] {
-            self.create_or_adopt(ds, options).map_err(storage(ctx.clone()))?;
+            self.create_or_adopt(ds, options)
+                .map_err(storage(ctx.clone()))?;
         }
-        let record = ClusterRecord { id: id.clone(), created_unix: unix_now(), binding: None };
+        let record = ClusterRecord {
+            id: id.clone(),
+            created_unix: unix_now(),
+            binding: None,
+        };
         for (k, v) in [
             (cluster_props::CLUSTER, id.to_string()),
             (cluster_props::CREATED, record.created_unix.to_string()),
         ] {
-            self.storage.set_property(&l.cluster, k, &v).map_err(storage(ctx.clone()))?;
+            self.storage
+                .set_property(&l.cluster, k, &v)
+                .map_err(storage(ctx.clone()))?;
         }
         self.catalog.put_cluster(&record)?;
         tracing::info!(cluster = %id, "cluster created");
@@ -176,7 +211,11 @@ impl Tenancy {
         for record in self.catalog.clusters(tenant)? {
             let files = self.catalog.wal_files(&record.id)?;
             let used = files.iter().map(|w| w.stored_size).sum();
-            out.push(ClusterView { wal_files: files.len() as u64, used, record });
+            out.push(ClusterView {
+                wal_files: files.len() as u64,
+                used,
+                record,
+            });
         }
         Ok(out)
     }

@@ -7,8 +7,12 @@ use crate::connect;
 use crate::error::ClientError;
 use crate::output::human_bytes;
 
-async fn client(config: &ClientConfig) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, ClientError> {
-    Ok(pb::admin_client::AdminClient::new(connect::channel(config).await?))
+async fn client(
+    config: &ClientConfig,
+) -> Result<pb::admin_client::AdminClient<tonic::transport::Channel>, ClientError> {
+    Ok(pb::admin_client::AdminClient::new(
+        connect::channel(config).await?,
+    ))
 }
 
 fn quota_text(q: u64) -> String {
@@ -35,7 +39,10 @@ fn print_tenants(tenants: &[pb::Tenant], json: bool) {
         println!("{}", serde_json::Value::Array(rows));
         return;
     }
-    println!("{:<24} {:>12} {:>12} {:>6}", "TENANT", "USED", "QUOTA", "DEDUP");
+    println!(
+        "{:<24} {:>12} {:>12} {:>6}",
+        "TENANT", "USED", "QUOTA", "DEDUP"
+    );
     for t in tenants {
         println!(
             "{:<24} {:>12} {:>12} {:>6}",
@@ -57,25 +64,53 @@ pub async fn whoami(config: &ClientConfig) -> Result<(), ClientError> {
     Ok(())
 }
 
-pub async fn tenant_create(config: &ClientConfig, name: &TenantId, quota: Option<u64>, dedup: bool) -> Result<(), ClientError> {
+pub async fn tenant_create(
+    config: &ClientConfig,
+    name: &TenantId,
+    quota: Option<u64>,
+    dedup: bool,
+) -> Result<(), ClientError> {
     let t = client(config)
         .await?
-        .create_tenant(pb::CreateTenantRequest { name: name.to_string(), quota_bytes: quota.unwrap_or(0), dedup })
+        .create_tenant(pb::CreateTenantRequest {
+            name: name.to_string(),
+            quota_bytes: quota.unwrap_or(0),
+            dedup,
+        })
         .await
         .map_err(ClientError::server(format!("create tenant {name}")))?
         .into_inner();
-    println!("created tenant {} (quota {}, dedup {})", t.name, quota_text(t.quota_bytes), if t.dedup { "on" } else { "off" });
+    println!(
+        "created tenant {} (quota {}, dedup {})",
+        t.name,
+        quota_text(t.quota_bytes),
+        if t.dedup { "on" } else { "off" }
+    );
     Ok(())
 }
 
-pub async fn tenant_set_quota(config: &ClientConfig, name: &TenantId, quota: Option<u64>) -> Result<(), ClientError> {
+pub async fn tenant_set_quota(
+    config: &ClientConfig,
+    name: &TenantId,
+    quota: Option<u64>,
+) -> Result<(), ClientError> {
     let t = client(config)
         .await?
-        .update_tenant(pb::UpdateTenantRequest { name: name.to_string(), quota_bytes: Some(quota.unwrap_or(0)) })
+        .update_tenant(pb::UpdateTenantRequest {
+            name: name.to_string(),
+            quota_bytes: Some(quota.unwrap_or(0)),
+        })
         .await
-        .map_err(ClientError::server(format!("set the quota of tenant {name}")))?
+        .map_err(ClientError::server(format!(
+            "set the quota of tenant {name}"
+        )))?
         .into_inner();
-    println!("tenant {}: quota {}, {} used", t.name, quota_text(t.quota_bytes), human_bytes(t.used_bytes));
+    println!(
+        "tenant {}: quota {}, {} used",
+        t.name,
+        quota_text(t.quota_bytes),
+        human_bytes(t.used_bytes)
+    );
     Ok(())
 }
 
@@ -92,17 +127,26 @@ pub async fn tenant_list(config: &ClientConfig, json: bool) -> Result<(), Client
 pub async fn cluster_create(config: &ClientConfig, id: &ClusterId) -> Result<(), ClientError> {
     client(config)
         .await?
-        .create_cluster(pb::CreateClusterRequest { tenant: id.tenant().to_string(), name: id.name().to_owned() })
+        .create_cluster(pb::CreateClusterRequest {
+            tenant: id.tenant().to_string(),
+            name: id.name().to_owned(),
+        })
         .await
         .map_err(ClientError::server(format!("create cluster {id}")))?;
     println!("created cluster {id}");
     Ok(())
 }
 
-pub async fn cluster_list(config: &ClientConfig, tenant: Option<&TenantId>, json: bool) -> Result<(), ClientError> {
+pub async fn cluster_list(
+    config: &ClientConfig,
+    tenant: Option<&TenantId>,
+    json: bool,
+) -> Result<(), ClientError> {
     let clusters = client(config)
         .await?
-        .list_clusters(pb::ListClustersRequest { tenant: tenant.map(|t| t.to_string()).unwrap_or_default() })
+        .list_clusters(pb::ListClustersRequest {
+            tenant: tenant.map(|t| t.to_string()).unwrap_or_default(),
+        })
         .await
         .map_err(ClientError::server("list clusters"))?
         .into_inner()
@@ -124,10 +168,21 @@ pub async fn cluster_list(config: &ClientConfig, tenant: Option<&TenantId>, json
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<36} {:>20} {:>4} {:>10} {:>10}", "CLUSTER", "SYSTEM ID", "PG", "WAL FILES", "STORED");
+    println!(
+        "{:<36} {:>20} {:>4} {:>10} {:>10}",
+        "CLUSTER", "SYSTEM ID", "PG", "WAL FILES", "STORED"
+    );
     for c in &clusters {
-        let sysid = if c.system_identifier > 0 { c.system_identifier.to_string() } else { "-".into() };
-        let pg = if c.pg_major > 0 { c.pg_major.to_string() } else { "-".into() };
+        let sysid = if c.system_identifier > 0 {
+            c.system_identifier.to_string()
+        } else {
+            "-".into()
+        };
+        let pg = if c.pg_major > 0 {
+            c.pg_major.to_string()
+        } else {
+            "-".into()
+        };
         println!(
             "{:<36} {:>20} {:>4} {:>10} {:>10}",
             format!("{}/{}", c.tenant, c.name),

@@ -7,7 +7,11 @@ use crate::connect;
 use crate::error::ClientError;
 use crate::output::human_bytes;
 
-pub async fn run(config: &ClientConfig, cluster: Option<&ClusterId>, json: bool) -> Result<(), ClientError> {
+pub async fn run(
+    config: &ClientConfig,
+    cluster: Option<&ClusterId>,
+    json: bool,
+) -> Result<(), ClientError> {
     let cluster = super::cluster_ref(config, cluster);
     let context = format!("list the WAL archive of {}", super::describe(&cluster));
     let mut client = pb::archive_client::ArchiveClient::new(connect::channel(config).await?);
@@ -33,7 +37,10 @@ pub async fn run(config: &ClientConfig, cluster: Option<&ClusterId>, json: bool)
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<40} {:>10} {:>10} {:>6}", "NAME", "SIZE", "STORED", "RATIO");
+    println!(
+        "{:<40} {:>10} {:>10} {:>6}",
+        "NAME", "SIZE", "STORED", "RATIO"
+    );
     let (mut size, mut stored) = (0u64, 0u64);
     for f in &files {
         size += f.size;

@@ -13,22 +13,32 @@ use crate::error::ClientError;
 /// Fast enough that PostgreSQL's pg_wal does not pile up; WAL compresses well even so.
 const ZSTD_LEVEL: i32 = 1;
 
-pub async fn run(config: &ClientConfig, cluster: Option<&ClusterId>, path: &Path) -> Result<bool, ClientError> {
+pub async fn run(
+    config: &ClientConfig,
+    cluster: Option<&ClusterId>,
+    path: &Path,
+) -> Result<bool, ClientError> {
     let name: WalFileName = path
         .file_name()
         .and_then(|n| n.to_str())
         .ok_or_else(|| ClientError::Usage(format!("{} does not name a file", path.display())))?
         .parse()
         .map_err(|e| ClientError::Usage(format!("{e}")))?;
-    let meta = std::fs::metadata(path).map_err(ClientError::io(format!("read {}", path.display())))?;
+    let meta =
+        std::fs::metadata(path).map_err(ClientError::io(format!("read {}", path.display())))?;
     if meta.len() > MAX_WAL_FILE_SIZE {
-        return Err(ClientError::Usage(format!("{} is larger than any WAL file can be", path.display())));
+        return Err(ClientError::Usage(format!(
+            "{} is larger than any WAL file can be",
+            path.display()
+        )));
     }
-    let content = std::fs::read(path).map_err(ClientError::io(format!("read {}", path.display())))?;
+    let content =
+        std::fs::read(path).map_err(ClientError::io(format!("read {}", path.display())))?;
     let blake3 = blake3::hash(&content);
     let (payload, compression) = match config.compression {
         Compression::Zstd => (
-            zstd::bulk::compress(&content, ZSTD_LEVEL).map_err(ClientError::io(format!("compress {name}")))?,
+            zstd::bulk::compress(&content, ZSTD_LEVEL)
+                .map_err(ClientError::io(format!("compress {name}")))?,
             pb::Compression::Zstd,
         ),
         Compression::None => (content.clone(), pb::Compression::None),
@@ -47,11 +57,16 @@ pub async fn run(config: &ClientConfig, cluster: Option<&ClusterId>, path: &Path
     drop(content);
     let chunks: Vec<pb::PushWalRequest> = payload
         .chunks(CHUNK_SIZE)
-        .map(|c| pb::PushWalRequest { part: Some(Part::Chunk(c.to_vec())) })
+        .map(|c| pb::PushWalRequest {
+            part: Some(Part::Chunk(c.to_vec())),
+        })
         .collect();
     let stream = tokio_stream::iter(std::iter::once(header).chain(chunks));
     let channel = connect::channel(config).await?;
     let mut client = pb::archive_client::ArchiveClient::new(channel);
-    let response = client.push_wal(stream).await.map_err(ClientError::server(context))?;
+    let response = client
+        .push_wal(stream)
+        .await
+        .map_err(ClientError::server(context))?;
     Ok(response.into_inner().already_archived)
 }

@@ -20,7 +20,8 @@ impl AdminApi {
 }
 
 fn tenant_id(s: &str) -> Result<TenantId, Status> {
-    s.parse().map_err(|e| Status::invalid_argument(format!("{e}")))
+    s.parse()
+        .map_err(|e| Status::invalid_argument(format!("{e}")))
 }
 
 /// 0 on the wire means "no quota".
@@ -57,19 +58,25 @@ impl pb::admin_server::Admin for AdminApi {
         request: Request<pb::WhoAmIRequest>,
     ) -> Result<Response<pb::WhoAmIResponse>, Status> {
         let who = principal(&request)?;
-        Ok(Response::new(pb::WhoAmIResponse { principal: who.to_string() }))
+        Ok(Response::new(pb::WhoAmIResponse {
+            principal: who.to_string(),
+        }))
     }
 
     async fn create_tenant(
         &self,
         request: Request<pb::CreateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        principal(&request)?.may_administer().map_err(status::auth)?;
+        principal(&request)?
+            .may_administer()
+            .map_err(status::auth)?;
         let req = request.into_inner();
         let name = tenant_id(&req.name)?;
         let tenancy = self.domain.tenancy.clone();
         let view = blocking(move || {
-            tenancy.create_tenant(&name, quota(req.quota_bytes), req.dedup).map_err(status::tenancy)?;
+            tenancy
+                .create_tenant(&name, quota(req.quota_bytes), req.dedup)
+                .map_err(status::tenancy)?;
             tenancy.tenant(&name).map_err(status::tenancy)
         })
         .await?;
@@ -80,13 +87,17 @@ impl pb::admin_server::Admin for AdminApi {
         &self,
         request: Request<pb::UpdateTenantRequest>,
     ) -> Result<Response<pb::Tenant>, Status> {
-        principal(&request)?.may_administer().map_err(status::auth)?;
+        principal(&request)?
+            .may_administer()
+            .map_err(status::auth)?;
         let req = request.into_inner();
         let name = tenant_id(&req.name)?;
         let tenancy = self.domain.tenancy.clone();
         let view = blocking(move || {
             if let Some(q) = req.quota_bytes {
-                tenancy.set_quota(&name, quota(q)).map_err(status::tenancy)?;
+                tenancy
+                    .set_quota(&name, quota(q))
+                    .map_err(status::tenancy)?;
             }
             tenancy.tenant(&name).map_err(status::tenancy)
         })
@@ -103,23 +114,34 @@ impl pb::admin_server::Admin for AdminApi {
         let views = blocking(move || match &who {
             Principal::Admin => tenancy.tenants().map_err(status::tenancy),
             Principal::Operator(t) => Ok(vec![tenancy.tenant(t).map_err(status::tenancy)?]),
-            Principal::Agent(_) => who.may_administer().map(|_| Vec::new()).map_err(status::auth),
+            Principal::Agent(_) => who
+                .may_administer()
+                .map(|_| Vec::new())
+                .map_err(status::auth),
         })
         .await?;
-        Ok(Response::new(pb::ListTenantsResponse { tenants: views.into_iter().map(tenant_pb).collect() }))
+        Ok(Response::new(pb::ListTenantsResponse {
+            tenants: views.into_iter().map(tenant_pb).collect(),
+        }))
     }
 
     async fn create_cluster(
         &self,
         request: Request<pb::CreateClusterRequest>,
     ) -> Result<Response<pb::Cluster>, Status> {
-        principal(&request)?.may_administer().map_err(status::auth)?;
+        principal(&request)?
+            .may_administer()
+            .map_err(status::auth)?;
         let req = request.into_inner();
         let id = ClusterId::new(tenant_id(&req.tenant)?, &req.name)
             .map_err(|e| Status::invalid_argument(format!("{e}")))?;
         let tenancy = self.domain.tenancy.clone();
         let record = blocking(move || tenancy.create_cluster(&id).map_err(status::tenancy)).await?;
-        Ok(Response::new(cluster_pb(ClusterView { record, wal_files: 0, used: 0 })))
+        Ok(Response::new(cluster_pb(ClusterView {
+            record,
+            wal_files: 0,
+            used: 0,
+        })))
     }
 
     async fn list_clusters(
@@ -153,6 +175,8 @@ impl pb::admin_server::Admin for AdminApi {
             Ok(all)
         })
         .await?;
-        Ok(Response::new(pb::ListClustersResponse { clusters: views.into_iter().map(cluster_pb).collect() }))
+        Ok(Response::new(pb::ListClustersResponse {
+            clusters: views.into_iter().map(cluster_pb).collect(),
+        }))
     }
 }

@@ -26,7 +26,8 @@ impl ArchiveApi {
 }
 
 fn wal_name(s: &str) -> Result<WalFileName, Status> {
-    s.parse().map_err(|e| Status::invalid_argument(format!("{e}")))
+    s.parse()
+        .map_err(|e| Status::invalid_argument(format!("{e}")))
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchWalResponse, Status>> + Send>>;
@@ -40,11 +41,15 @@ impl pb::archive_server::Archive for ArchiveApi {
         let who = principal(&request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
-            Some(pb::PushWalRequest { part: Some(push_wal_request::Part::Header(h)) }) => h,
+            Some(pb::PushWalRequest {
+                part: Some(push_wal_request::Part::Header(h)),
+            }) => h,
             _ => return Err(Status::invalid_argument("a push must start with a header")),
         };
         let name = wal_name(&header.name)?;
-        let cluster = who.resolve_cluster(cluster_ref(header.cluster)?).map_err(status::auth)?;
+        let cluster = who
+            .resolve_cluster(cluster_ref(header.cluster)?)
+            .map_err(status::auth)?;
         who.may_push(&cluster).map_err(status::auth)?;
         let span = tracing::info_span!("push_wal", %cluster, %name);
         async move {
@@ -69,12 +74,23 @@ impl pb::archive_server::Archive for ArchiveApi {
                         }
                         payload.extend_from_slice(&c);
                     }
-                    _ => return Err(Status::invalid_argument("only chunks may follow the header")),
+                    _ => {
+                        return Err(Status::invalid_argument(
+                            "only chunks may follow the header",
+                        ))
+                    }
                 }
             }
-            let incoming = IncomingWal { name, size: header.size, blake3, zstd, payload };
+            let incoming = IncomingWal {
+                name,
+                size: header.size,
+                blake3,
+                zstd,
+                payload,
+            };
             let archive = self.domain.archive.clone();
-            let outcome = blocking(move || archive.push(&cluster, incoming).map_err(status::archive)).await?;
+            let outcome =
+                blocking(move || archive.push(&cluster, incoming).map_err(status::archive)).await?;
             Ok(Response::new(pb::PushWalResponse {
                 already_archived: outcome == PushOutcome::AlreadyArchived,
             }))
@@ -92,10 +108,13 @@ impl pb::archive_server::Archive for ArchiveApi {
         let who = principal(&request)?;
         let req = request.into_inner();
         let name = wal_name(&req.name)?;
-        let cluster = who.resolve_cluster(cluster_ref(req.cluster)?).map_err(status::auth)?;
+        let cluster = who
+            .resolve_cluster(cluster_ref(req.cluster)?)
+            .map_err(status::auth)?;
         who.may_read(&cluster).map_err(status::auth)?;
         let archive = self.domain.archive.clone();
-        let fetched = blocking(move || archive.fetch(&cluster, &name).map_err(status::archive)).await?;
+        let fetched =
+            blocking(move || archive.fetch(&cluster, &name).map_err(status::archive)).await?;
         let header = pb::FetchWalResponse {
             part: Some(fetch_wal_response::Part::Header(pb::FetchWalHeader {
                 size: fetched.meta.size,
@@ -106,7 +125,11 @@ impl pb::archive_server::Archive for ArchiveApi {
         let chunks: Vec<_> = fetched
             .zstd
             .chunks(CHUNK_SIZE)
-            .map(|c| Ok(pb::FetchWalResponse { part: Some(fetch_wal_response::Part::Chunk(c.to_vec())) }))
+            .map(|c| {
+                Ok(pb::FetchWalResponse {
+                    part: Some(fetch_wal_response::Part::Chunk(c.to_vec())),
+                })
+            })
             .collect();
         let all = std::iter::once(Ok(header)).chain(chunks);
         Ok(Response::new(Box::pin(tokio_stream::iter(all))))
@@ -117,7 +140,9 @@ impl pb::archive_server::Archive for ArchiveApi {
         request: Request<pb::ListWalRequest>,
     ) -> Result<Response<pb::ListWalResponse>, Status> {
         let who = principal(&request)?;
-        let cluster = who.resolve_cluster(cluster_ref(request.into_inner().cluster)?).map_err(status::auth)?;
+        let cluster = who
+            .resolve_cluster(cluster_ref(request.into_inner().cluster)?)
+            .map_err(status::auth)?;
         who.may_read(&cluster).map_err(status::auth)?;
         let archive = self.domain.archive.clone();
         let files = blocking(move || archive.list(&cluster).map_err(status::archive)).await?;

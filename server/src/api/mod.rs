@@ -53,7 +53,10 @@ fn cluster_ref(r: Option<pb::ClusterRef>) -> Result<Option<walvault_proto::Clust
         None => Ok(None),
         Some(r) if r.tenant.is_empty() && r.cluster.is_empty() => Ok(None),
         Some(r) => {
-            let tenant = r.tenant.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
+            let tenant = r
+                .tenant
+                .parse()
+                .map_err(|e| Status::invalid_argument(format!("{e}")))?;
             walvault_proto::ClusterId::new(tenant, &r.cluster)
                 .map(Some)
                 .map_err(|e| Status::invalid_argument(format!("{e}")))
@@ -72,7 +75,12 @@ where
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
-pub fn services(domain: Domain) -> (pb::archive_server::ArchiveServer<ArchiveApi>, pb::admin_server::AdminServer<AdminApi>) {
+pub fn services(
+    domain: Domain,
+) -> (
+    pb::archive_server::ArchiveServer<ArchiveApi>,
+    pb::admin_server::AdminServer<AdminApi>,
+) {
     (
         pb::archive_server::ArchiveServer::new(ArchiveApi::new(domain.clone())),
         pb::admin_server::AdminServer::new(AdminApi::new(domain)),

@@ -41,9 +41,11 @@ pub fn archive(e: ArchiveError) -> Status {
         }
         E::ContentConflict { .. } => refuse(Code::AlreadyExists, msg),
         E::QuotaExceeded { .. } | E::StorageFull { .. } => refuse(Code::ResourceExhausted, msg),
-        E::Damaged { .. } | E::Storage { .. } | E::TenantSpace { .. } | E::Io { .. } | E::Catalog(_) => {
-            fail(msg)
-        }
+        E::Damaged { .. }
+        | E::Storage { .. }
+        | E::TenantSpace { .. }
+        | E::Io { .. }
+        | E::Catalog(_) => fail(msg),
     }
 }
 

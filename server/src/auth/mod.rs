@@ -54,7 +54,10 @@ impl Principal {
         let Some(rest) = uri.strip_prefix(SCHEME) else {
             return Ok(None);
         };
-        let bad = |reason: String| AuthError::BadIdentity { uri: uri.to_owned(), reason };
+        let bad = |reason: String| AuthError::BadIdentity {
+            uri: uri.to_owned(),
+            reason,
+        };
         let principal = if rest == "admin" {
             Principal::Admin
         } else if let Some(c) = rest.strip_prefix("agent/") {
@@ -93,7 +96,10 @@ impl Principal {
     }
 
     fn forbidden(&self, action: impl Into<String>) -> AuthError {
-        AuthError::Forbidden { principal: self.to_string(), action: action.into() }
+        AuthError::Forbidden {
+            principal: self.to_string(),
+            action: action.into(),
+        }
     }
 
     /// Pushing WAL: only the cluster's own agent.
@@ -190,6 +196,9 @@ mod tests {
         assert!(o.may_read(&cluster("other/db1")).is_err());
         assert!(o.may_push(&cluster("acme/db1")).is_err());
         let err = o.may_push(&cluster("acme/db1")).unwrap_err().to_string();
-        assert_eq!(err, "operator of tenant acme may not archive WAL of cluster acme/db1");
+        assert_eq!(
+            err,
+            "operator of tenant acme may not archive WAL of cluster acme/db1"
+        );
     }
 }

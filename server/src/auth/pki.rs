@@ -66,7 +66,10 @@ impl CaFiles {
 }
 
 fn current_year() -> i32 {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     // Average Gregorian year; off by at most a day around New Year, which `validity` absorbs.
     1970 + (secs / 31_556_952) as i32
 }
@@ -79,9 +82,7 @@ fn validity(params: &mut CertificateParams, years: i32) {
 }
 
 fn random_serial(params: &mut CertificateParams) {
-    let bytes = blake3::hash(
-        format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes(),
-    );
+    let bytes = blake3::hash(format!("{:?}{}", SystemTime::now(), std::process::id()).as_bytes());
     let mut serial = bytes.as_bytes()[..16].to_vec();
     serial[0] &= 0x7f; // positive
     params.serial_number = Some(serial.into());
@@ -102,7 +103,9 @@ pub fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), PkiErro
     f.write_all(contents).map_err(io(ctx.clone()))?;
     f.sync_all().map_err(io(ctx.clone()))?;
     fs::rename(&tmp, path).map_err(io(ctx.clone()))?;
-    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(ctx))?;
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io(ctx))?;
     Ok(())
 }
 
@@ -117,12 +120,15 @@ pub fn init_ca(dir: &Path, hostnames: &[String]) -> Result<CaFiles, PkiError> {
 
     let ca_key = KeyPair::generate().map_err(cert_err("generate CA key"))?;
     let mut ca = CertificateParams::default();
-    ca.distinguished_name.push(DnType::CommonName, "walvault CA");
+    ca.distinguished_name
+        .push(DnType::CommonName, "walvault CA");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     validity(&mut ca, 20);
     random_serial(&mut ca);
-    let ca_cert = ca.self_signed(&ca_key).map_err(cert_err("sign CA certificate"))?;
+    let ca_cert = ca
+        .self_signed(&ca_key)
+        .map_err(cert_err("sign CA certificate"))?;
     write_file(&files.ca_key, ca_key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&files.ca_cert, ca_cert.pem().as_bytes(), 0o644)?;
 
@@ -130,12 +136,16 @@ pub fn init_ca(dir: &Path, hostnames: &[String]) -> Result<CaFiles, PkiError> {
     let mut names: Vec<String> = vec!["localhost".into()];
     names.extend(hostnames.iter().cloned());
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, "walvault server");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "walvault server");
     for name in names {
         params.subject_alt_names.push(match name.parse::<IpAddr>() {
             Ok(ip) => SanType::IpAddress(ip),
             Err(_) => SanType::DnsName(
-                name.clone().try_into().map_err(cert_err(format!("hostname {name:?}")))?,
+                name.clone()
+                    .try_into()
+                    .map_err(cert_err(format!("hostname {name:?}")))?,
             ),
         });
     }
@@ -149,7 +159,9 @@ pub fn init_ca(dir: &Path, hostnames: &[String]) -> Result<CaFiles, PkiError> {
     validity(&mut params, 5);
     random_serial(&mut params);
     let key = KeyPair::generate().map_err(cert_err("generate server key"))?;
-    let cert = params.signed_by(&key, &issuer).map_err(cert_err("sign server certificate"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("sign server certificate"))?;
     write_file(&files.server_key, key.serialize_pem().as_bytes(), 0o600)?;
     write_file(&files.server_cert, cert.pem().as_bytes(), 0o644)?;
     Ok(files)
@@ -169,16 +181,23 @@ pub fn issue_client(ca_dir: &Path, principal: &Principal) -> Result<(String, Str
         .map_err(cert_err(format!("parse {}", files.ca_cert.display())))?;
 
     let mut params = CertificateParams::default();
-    params.distinguished_name.push(DnType::CommonName, principal.to_string());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, principal.to_string());
     params.subject_alt_names.push(SanType::URI(
-        principal.uri().try_into().map_err(cert_err("encode identity"))?,
+        principal
+            .uri()
+            .try_into()
+            .map_err(cert_err("encode identity"))?,
     ));
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     validity(&mut params, 2);
     random_serial(&mut params);
     let key = KeyPair::generate().map_err(cert_err("generate client key"))?;
-    let cert = params.signed_by(&key, &issuer).map_err(cert_err("sign client certificate"))?;
+    let cert = params
+        .signed_by(&key, &issuer)
+        .map_err(cert_err("sign client certificate"))?;
     Ok((cert.pem(), key.serialize_pem()))
 }
 
@@ -196,13 +215,19 @@ mod tests {
             Principal::Operator("acme".parse().unwrap()),
         ] {
             let (cert_pem, _key) = issue_client(dir.path(), &p).unwrap();
-            let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).unwrap().1.contents;
+            let der = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
+                .unwrap()
+                .1
+                .contents;
             assert_eq!(Principal::from_certificate(&der).unwrap(), p);
         }
         // The server certificate is no client identity.
         let pem = fs::read(dir.path().join("server.crt")).unwrap();
         let der = x509_parser::pem::parse_x509_pem(&pem).unwrap().1.contents;
-        assert_eq!(Principal::from_certificate(&der), Err(super::super::AuthError::NoIdentity));
+        assert_eq!(
+            Principal::from_certificate(&der),
+            Err(super::super::AuthError::NoIdentity)
+        );
     }
 
     #[test]
@@ -210,7 +235,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         init_ca(dir.path(), &[]).unwrap();
         let before = fs::read(dir.path().join("ca.key")).unwrap();
-        assert!(matches!(init_ca(dir.path(), &[]), Err(PkiError::CaExists(_))));
+        assert!(matches!(
+            init_ca(dir.path(), &[]),
+            Err(PkiError::CaExists(_))
+        ));
         assert_eq!(fs::read(dir.path().join("ca.key")).unwrap(), before);
     }
 }

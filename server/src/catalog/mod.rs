@@ -137,7 +137,9 @@ impl Catalog {
                 db.flush()?;
             }
             Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref()).map(u32::from_be_bytes).unwrap_or(0);
+                let found = <[u8; 4]>::try_from(v.as_ref())
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
                 if found != FORMAT_VERSION {
                     return Err(CatalogError::WrongFormat {
                         path: path.display().to_string(),
@@ -170,10 +172,13 @@ impl Catalog {
     }
 
     pub fn tenants(&self) -> Result<Vec<TenantRecord>, CatalogError> {
-        self.tenants.iter().map(|kv| {
-            let (k, v) = kv?;
-            decode(&k, &v)
-        }).collect()
+        self.tenants
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
     }
 
     pub fn put_cluster(&self, c: &ClusterRecord) -> Result<(), CatalogError> {
@@ -183,7 +188,10 @@ impl Catalog {
 
     pub fn cluster(&self, id: &ClusterId) -> Result<Option<ClusterRecord>, CatalogError> {
         let key = cluster_key(id);
-        self.clusters.get(&key)?.map(|v| decode(&key, &v)).transpose()
+        self.clusters
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
     }
 
     /// Clusters of one tenant, or of all with `None`.
@@ -238,7 +246,11 @@ impl Catalog {
                 wal.push((c.id.to_string(), w));
             }
         }
-        Ok(CatalogDump { tenants: self.tenants()?, clusters, wal })
+        Ok(CatalogDump {
+            tenants: self.tenants()?,
+            clusters,
+            wal,
+        })
     }
 
     /// Removes every entry (the format key stays); used by `rebuild`.
@@ -262,8 +274,12 @@ mod tests {
         // "acme/db" must not see "acme/db2"'s files: the separator ends the prefix.
         let b: ClusterId = "acme/db2".parse().unwrap();
         for c in [&a, &b] {
-            cat.put_cluster(&ClusterRecord { id: c.clone(), created_unix: 1, binding: None })
-                .unwrap();
+            cat.put_cluster(&ClusterRecord {
+                id: c.clone(),
+                created_unix: 1,
+                binding: None,
+            })
+            .unwrap();
         }
         let w = |name: &str| WalRecord {
             name: name.into(),
@@ -274,9 +290,18 @@ mod tests {
         };
         cat.put_wal(&a, &w("000000010000000000000001")).unwrap();
         cat.put_wal(&b, &w("000000010000000000000002")).unwrap();
-        assert_eq!(cat.wal_files(&a).unwrap(), vec![w("000000010000000000000001")]);
-        assert_eq!(cat.clusters(Some(&"acme".parse().unwrap())).unwrap().len(), 2);
-        assert_eq!(cat.clusters(Some(&"acm".parse().unwrap())).unwrap().len(), 0);
+        assert_eq!(
+            cat.wal_files(&a).unwrap(),
+            vec![w("000000010000000000000001")]
+        );
+        assert_eq!(
+            cat.clusters(Some(&"acme".parse().unwrap())).unwrap().len(),
+            2
+        );
+        assert_eq!(
+            cat.clusters(Some(&"acm".parse().unwrap())).unwrap().len(),
+            0
+        );
         drop(cat);
         // Reopening keeps everything.
         let cat = Catalog::open(&dir.path().join("cat")).unwrap();

@@ -53,14 +53,27 @@ fn prop<T: std::str::FromStr>(props: &BTreeMap<String, String>, key: &str) -> Op
 pub fn rebuild(catalog: &Catalog, storage: &dyn Storage) -> Result<RebuildReport, RebuildError> {
     catalog.clear()?;
     let mut report = RebuildReport::default();
-    for tenant_name in storage.children(&DatasetPath::root()).map_err(st("list tenants"))? {
-        let ds = DatasetPath::root().join(&tenant_name).map_err(st("name tenant dataset"))?;
-        let props = storage.properties(&ds).map_err(st(format!("read properties of {ds}")))?;
+    for tenant_name in storage
+        .children(&DatasetPath::root())
+        .map_err(st("list tenants"))?
+    {
+        let ds = DatasetPath::root()
+            .join(&tenant_name)
+            .map_err(st("name tenant dataset"))?;
+        let props = storage
+            .properties(&ds)
+            .map_err(st(format!("read properties of {ds}")))?;
         let Some(name) = prop::<TenantId>(&props, tenant_props::TENANT) else {
-            report.skipped.push(format!("dataset {ds}: no {}{} property", crate::storage::PROPERTY_PREFIX, tenant_props::TENANT));
+            report.skipped.push(format!(
+                "dataset {ds}: no {}{} property",
+                crate::storage::PROPERTY_PREFIX,
+                tenant_props::TENANT
+            ));
             continue;
         };
-        let space = storage.space(&ds).map_err(st(format!("read space of {ds}")))?;
+        let space = storage
+            .space(&ds)
+            .map_err(st(format!("read space of {ds}")))?;
         catalog.put_tenant(&TenantRecord {
             name: name.clone(),
             quota: space.quota,
@@ -80,11 +93,20 @@ fn rebuild_clusters(
     report: &mut RebuildReport,
 ) -> Result<(), RebuildError> {
     let tds = layout::tenant(tenant).map_err(st("name tenant dataset"))?;
-    for cname in storage.children(&tds).map_err(st(format!("list clusters of {tenant}")))? {
+    for cname in storage
+        .children(&tds)
+        .map_err(st(format!("list clusters of {tenant}")))?
+    {
         let ds = tds.join(&cname).map_err(st("name cluster dataset"))?;
-        let props = storage.properties(&ds).map_err(st(format!("read properties of {ds}")))?;
+        let props = storage
+            .properties(&ds)
+            .map_err(st(format!("read properties of {ds}")))?;
         let Some(id) = prop::<ClusterId>(&props, cluster_props::CLUSTER) else {
-            report.skipped.push(format!("dataset {ds}: no {}{} property", crate::storage::PROPERTY_PREFIX, cluster_props::CLUSTER));
+            report.skipped.push(format!(
+                "dataset {ds}: no {}{} property",
+                crate::storage::PROPERTY_PREFIX,
+                cluster_props::CLUSTER
+            ));
             continue;
         };
         let binding = match (
@@ -93,7 +115,11 @@ fn rebuild_clusters(
             prop(&props, cluster_props::PG_MAJOR),
         ) {
             (Some(system_identifier), Some(wal_segment_size), Some(pg_major)) => {
-                Some(ClusterBinding { system_identifier, wal_segment_size, pg_major })
+                Some(ClusterBinding {
+                    system_identifier,
+                    wal_segment_size,
+                    pg_major,
+                })
             }
             _ => None,
         };
@@ -115,7 +141,9 @@ fn rebuild_wal(
     report: &mut RebuildReport,
 ) -> Result<(), RebuildError> {
     let l = ClusterLayout::of(cluster).map_err(st("name cluster datasets"))?;
-    let dir = storage.mountpoint(&l.wal).map_err(st(format!("find the WAL dataset of {cluster}")))?;
+    let dir = storage
+        .mountpoint(&l.wal)
+        .map_err(st(format!("find the WAL dataset of {cluster}")))?;
     let io = |context: String| move |source| RebuildError::Io { context, source };
     let mut entries: Vec<_> = fs::read_dir(&dir)
         .map_err(io(format!("list {}", dir.display())))?
@@ -124,10 +152,14 @@ fn rebuild_wal(
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let file_name = e.file_name().to_string_lossy().into_owned();
-        let Some(name) = file_name.strip_suffix(STORED_EXT).and_then(|n| n.parse::<WalFileName>().ok())
+        let Some(name) = file_name
+            .strip_suffix(STORED_EXT)
+            .and_then(|n| n.parse::<WalFileName>().ok())
         else {
             if !file_name.starts_with('.') {
-                report.skipped.push(format!("{}: not an archived WAL file", e.path().display()));
+                report
+                    .skipped
+                    .push(format!("{}: not an archived WAL file", e.path().display()));
             }
             continue;
         };
@@ -140,7 +172,10 @@ fn rebuild_wal(
                 continue;
             }
         };
-        let stored_size = f.metadata().map_err(io(format!("stat {}", path.display())))?.len();
+        let stored_size = f
+            .metadata()
+            .map_err(io(format!("stat {}", path.display())))?
+            .len();
         catalog.put_wal(
             cluster,
             &WalRecord {

@@ -13,6 +13,7 @@
 
 pub mod dir;
 pub mod zfs;
+pub mod zfs_lock;
 
 #[cfg(test)]
 mod contract;
@@ -49,7 +50,8 @@ impl DatasetPath {
                 && c != "."
                 && c != ".."
                 && c.len() <= 64
-                && c.chars().all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch));
+                && c.chars()
+                    .all(|ch| ch.is_ascii_alphanumeric() || "_.:-".contains(ch));
             if !ok {
                 return Err(StorageError::InvalidName(c.to_owned()));
             }
@@ -126,9 +128,15 @@ pub enum StorageError {
     #[error("dataset {0} already exists")]
     DatasetExists(DatasetPath),
     #[error("snapshot {dataset}@{snapshot} does not exist")]
-    SnapshotNotFound { dataset: DatasetPath, snapshot: String },
+    SnapshotNotFound {
+        dataset: DatasetPath,
+        snapshot: String,
+    },
     #[error("snapshot {dataset}@{snapshot} already exists")]
-    SnapshotExists { dataset: DatasetPath, snapshot: String },
+    SnapshotExists {
+        dataset: DatasetPath,
+        snapshot: String,
+    },
     #[error("dataset {0} is busy")]
     Busy(DatasetPath),
     #[error("dataset {dataset} has dependent clones; destroy them first")]
@@ -149,7 +157,10 @@ pub enum StorageError {
 
 impl StorageError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        StorageError::Io { context: context.into(), source }
+        StorageError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

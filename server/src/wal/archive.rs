@@ -37,11 +37,23 @@ pub enum ArchiveError {
     #[error("cluster {0} does not exist")]
     ClusterNotFound(ClusterId),
     #[error("{cluster}: {name} is {actual} bytes, but the client declared {declared}")]
-    SizeMismatch { cluster: ClusterId, name: WalFileName, declared: u64, actual: u64 },
+    SizeMismatch {
+        cluster: ClusterId,
+        name: WalFileName,
+        declared: u64,
+        actual: u64,
+    },
     #[error("{cluster}: {name} could not be decompressed: {detail}")]
-    Undecodable { cluster: ClusterId, name: WalFileName, detail: String },
+    Undecodable {
+        cluster: ClusterId,
+        name: WalFileName,
+        detail: String,
+    },
     #[error("{cluster}: {name} does not match the blake3 the client sent (damaged in transit)")]
-    ChecksumMismatch { cluster: ClusterId, name: WalFileName },
+    ChecksumMismatch {
+        cluster: ClusterId,
+        name: WalFileName,
+    },
     #[error("{cluster}: {name} is no valid WAL segment: it {source}")]
     BadSegment {
         cluster: ClusterId,
@@ -50,32 +62,62 @@ pub enum ArchiveError {
         source: HeaderError,
     },
     #[error("{cluster}: {name} is not a valid {what}: it {detail}")]
-    BadTextFile { cluster: ClusterId, name: WalFileName, what: &'static str, detail: String },
+    BadTextFile {
+        cluster: ClusterId,
+        name: WalFileName,
+        what: &'static str,
+        detail: String,
+    },
     #[error(
         "{cluster}: {name} belongs to the database system {actual}, but this cluster's archive \
          holds system {expected}; is archive_command pointing at the right cluster?"
     )]
-    SystemIdentifierMismatch { cluster: ClusterId, name: WalFileName, expected: u64, actual: u64 },
+    SystemIdentifierMismatch {
+        cluster: ClusterId,
+        name: WalFileName,
+        expected: u64,
+        actual: u64,
+    },
     #[error(
         "{cluster}: {name} has {actual}-byte segments, but this cluster's archive holds \
          {expected}-byte segments"
     )]
-    SegmentSizeMismatch { cluster: ClusterId, name: WalFileName, expected: u32, actual: u32 },
+    SegmentSizeMismatch {
+        cluster: ClusterId,
+        name: WalFileName,
+        expected: u32,
+        actual: u32,
+    },
     #[error(
         "{cluster}: {name} is already archived with different content; the archived copy is \
          kept (two clusters archiving to one place, or a restored cluster reusing names?)"
     )]
-    ContentConflict { cluster: ClusterId, name: WalFileName },
+    ContentConflict {
+        cluster: ClusterId,
+        name: WalFileName,
+    },
     #[error(
         "tenant {tenant} is over its quota of {}: {} used, {} more needed for {name}; \
          raise it with `walvault tenant set-quota {tenant} SIZE` or prune",
         human_bytes(*quota), human_bytes(*used), human_bytes(*needed)
     )]
-    QuotaExceeded { tenant: TenantId, name: WalFileName, quota: u64, used: u64, needed: u64 },
+    QuotaExceeded {
+        tenant: TenantId,
+        name: WalFileName,
+        quota: u64,
+        used: u64,
+        needed: u64,
+    },
     #[error("{cluster}: storage is full while writing {name}")]
-    StorageFull { cluster: ClusterId, name: WalFileName },
+    StorageFull {
+        cluster: ClusterId,
+        name: WalFileName,
+    },
     #[error("{cluster}: {name} is not in the archive")]
-    NotFound { cluster: ClusterId, name: WalFileName },
+    NotFound {
+        cluster: ClusterId,
+        name: WalFileName,
+    },
     #[error("{cluster}: archived file {path} {source}")]
     Damaged {
         cluster: ClusterId,
@@ -88,7 +130,7 @@ pub enum ArchiveError {
         cluster: ClusterId,
         context: String,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error("{cluster}: {context}: {source}")]
     Io {
@@ -101,7 +143,7 @@ pub enum ArchiveError {
     TenantSpace {
         tenant: TenantId,
         #[source]
-        source: StorageError,
+        source: Box<StorageError>,
     },
     #[error(transparent)]
     Catalog(#[from] CatalogError),
@@ -164,12 +206,23 @@ impl WalArchive {
         context: impl Into<String>,
     ) -> impl FnOnce(StorageError) -> ArchiveError {
         let (cluster, context) = (cluster.clone(), context.into());
-        move |source| ArchiveError::Storage { cluster, context, source }
+        move |source| ArchiveError::Storage {
+            cluster,
+            context,
+            source: Box::new(source),
+        }
     }
 
-    fn io_err(cluster: &ClusterId, context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ArchiveError {
+    fn io_err(
+        cluster: &ClusterId,
+        context: impl Into<String>,
+    ) -> impl FnOnce(std::io::Error) -> ArchiveError {
         let (cluster, context) = (cluster.clone(), context.into());
-        move |source| ArchiveError::Io { cluster, context, source }
+        move |source| ArchiveError::Io {
+            cluster,
+            context,
+            source,
+        }
     }
 
     fn cluster_record(&self, cluster: &ClusterId) -> Result<ClusterRecord, ArchiveError> {
@@ -179,7 +232,12 @@ impl WalArchive {
     }
 
     fn wal_dir(&self, cluster: &ClusterId) -> Result<PathBuf, ArchiveError> {
-        if let Some(d) = self.wal_dirs.lock().unwrap_or_else(|p| p.into_inner()).get(cluster) {
+        if let Some(d) = self
+            .wal_dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(cluster)
+        {
             return Ok(d.clone());
         }
         let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;
@@ -199,10 +257,14 @@ impl WalArchive {
         let mut removed = 0;
         for c in self.catalog.clusters(None)? {
             let incoming = self.wal_dir(&c.id)?.join(INCOMING_DIR);
-            let Ok(entries) = fs::read_dir(&incoming) else { continue };
+            let Ok(entries) = fs::read_dir(&incoming) else {
+                continue;
+            };
             for e in entries.flatten() {
-                fs::remove_file(e.path())
-                    .map_err(Self::io_err(&c.id, format!("remove {}", e.path().display())))?;
+                fs::remove_file(e.path()).map_err(Self::io_err(
+                    &c.id,
+                    format!("remove {}", e.path().display()),
+                ))?;
                 removed += 1;
             }
         }
@@ -210,7 +272,11 @@ impl WalArchive {
     }
 
     /// Archives one file; blocking (call from `spawn_blocking`).
-    pub fn push(&self, cluster: &ClusterId, incoming: IncomingWal) -> Result<PushOutcome, ArchiveError> {
+    pub fn push(
+        &self,
+        cluster: &ClusterId,
+        incoming: IncomingWal,
+    ) -> Result<PushOutcome, ArchiveError> {
         let name = incoming.name.clone();
         self.cluster_record(cluster)?;
         let content = self.verify_transfer(cluster, &incoming)?;
@@ -226,7 +292,10 @@ impl WalArchive {
                 tracing::info!(%cluster, %name, "already archived with the same content");
                 Ok(PushOutcome::AlreadyArchived)
             } else {
-                Err(ArchiveError::ContentConflict { cluster: cluster.clone(), name })
+                Err(ArchiveError::ContentConflict {
+                    cluster: cluster.clone(),
+                    name,
+                })
             };
         }
 
@@ -236,7 +305,11 @@ impl WalArchive {
             zstd::encode_all(&content[..], SERVER_ZSTD_LEVEL)
                 .map_err(Self::io_err(cluster, format!("compress {name}")))?
         };
-        let meta = StoredMeta { size: incoming.size, archived_unix: unix_now(), blake3: incoming.blake3 };
+        let meta = StoredMeta {
+            size: incoming.size,
+            archived_unix: unix_now(),
+            blake3: incoming.blake3,
+        };
         let stored_size = (HEADER_LEN + zstd.len()) as u64;
         self.check_quota(cluster.tenant(), &name, stored_size)?;
         if let Some(b) = binding {
@@ -258,7 +331,11 @@ impl WalArchive {
     }
 
     /// Decodes the payload and checks it against what the client declared.
-    fn verify_transfer(&self, cluster: &ClusterId, w: &IncomingWal) -> Result<Vec<u8>, ArchiveError> {
+    fn verify_transfer(
+        &self,
+        cluster: &ClusterId,
+        w: &IncomingWal,
+    ) -> Result<Vec<u8>, ArchiveError> {
         let limit = match w.name.kind() {
             WalFileKind::Segment | WalFileKind::Partial => walvault_proto::MAX_WAL_FILE_SIZE,
             WalFileKind::History | WalFileKind::Backup => text::MAX_TEXT_FILE as u64,
@@ -275,14 +352,21 @@ impl WalArchive {
         let content = if w.zstd {
             let mut out = Vec::with_capacity(w.size as usize);
             let decoder = zstd::stream::read::Decoder::new(&w.payload[..]).map_err(|e| {
-                ArchiveError::Undecodable { cluster: cluster.clone(), name: w.name.clone(), detail: e.to_string() }
+                ArchiveError::Undecodable {
+                    cluster: cluster.clone(),
+                    name: w.name.clone(),
+                    detail: e.to_string(),
+                }
             })?;
             // One byte past the declared size is enough to know it lied.
-            decoder.take(w.size + 1).read_to_end(&mut out).map_err(|e| ArchiveError::Undecodable {
-                cluster: cluster.clone(),
-                name: w.name.clone(),
-                detail: e.to_string(),
-            })?;
+            decoder
+                .take(w.size + 1)
+                .read_to_end(&mut out)
+                .map_err(|e| ArchiveError::Undecodable {
+                    cluster: cluster.clone(),
+                    name: w.name.clone(),
+                    detail: e.to_string(),
+                })?;
             out
         } else {
             w.payload.clone()
@@ -291,7 +375,10 @@ impl WalArchive {
             return Err(size_err(content.len() as u64));
         }
         if *blake3::hash(&content).as_bytes() != w.blake3 {
-            return Err(ArchiveError::ChecksumMismatch { cluster: cluster.clone(), name: w.name.clone() });
+            return Err(ArchiveError::ChecksumMismatch {
+                cluster: cluster.clone(),
+                name: w.name.clone(),
+            });
         }
         Ok(content)
     }
@@ -323,10 +410,12 @@ impl WalArchive {
             }
             WalFileKind::Segment | WalFileKind::Partial => {}
         }
-        let h = LongPageHeader::check_segment(name, content).map_err(|source| ArchiveError::BadSegment {
-            cluster: cluster.clone(),
-            name: name.clone(),
-            source,
+        let h = LongPageHeader::check_segment(name, content).map_err(|source| {
+            ArchiveError::BadSegment {
+                cluster: cluster.clone(),
+                name: name.clone(),
+                source,
+            }
         })?;
         let found = ClusterBinding {
             system_identifier: h.system_identifier,
@@ -360,8 +449,14 @@ impl WalArchive {
     fn bind(&self, cluster: &ClusterId, b: ClusterBinding) -> Result<(), ArchiveError> {
         let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;
         for (k, v) in [
-            (cluster_props::SYSTEM_IDENTIFIER, b.system_identifier.to_string()),
-            (cluster_props::WAL_SEGMENT_SIZE, b.wal_segment_size.to_string()),
+            (
+                cluster_props::SYSTEM_IDENTIFIER,
+                b.system_identifier.to_string(),
+            ),
+            (
+                cluster_props::WAL_SEGMENT_SIZE,
+                b.wal_segment_size.to_string(),
+            ),
             (cluster_props::PG_MAJOR, b.pg_major.to_string()),
         ] {
             self.storage
@@ -375,22 +470,38 @@ impl WalArchive {
         Ok(())
     }
 
-    fn existing(&self, cluster: &ClusterId, path: &Path) -> Result<Option<StoredMeta>, ArchiveError> {
+    fn existing(
+        &self,
+        cluster: &ClusterId,
+        path: &Path,
+    ) -> Result<Option<StoredMeta>, ArchiveError> {
         match fs::File::open(path) {
-            Ok(mut f) => StoredMeta::read_from(&mut f).map(Some).map_err(|source| ArchiveError::Damaged {
-                cluster: cluster.clone(),
-                path: path.display().to_string(),
-                source,
-            }),
+            Ok(mut f) => {
+                StoredMeta::read_from(&mut f)
+                    .map(Some)
+                    .map_err(|source| ArchiveError::Damaged {
+                        cluster: cluster.clone(),
+                        path: path.display().to_string(),
+                        source,
+                    })
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(Self::io_err(cluster, format!("open {}", path.display()))(e)),
         }
     }
 
-    fn check_quota(&self, tenant: &TenantId, name: &WalFileName, needed: u64) -> Result<(), ArchiveError> {
+    fn check_quota(
+        &self,
+        tenant: &TenantId,
+        name: &WalFileName,
+        needed: u64,
+    ) -> Result<(), ArchiveError> {
         let space = layout::tenant(tenant)
             .and_then(|ds| self.storage.space(&ds))
-            .map_err(|source| ArchiveError::TenantSpace { tenant: tenant.clone(), source })?;
+            .map_err(|source| ArchiveError::TenantSpace {
+                tenant: tenant.clone(),
+                source: Box::new(source),
+            })?;
         if let Some(quota) = space.quota {
             if space.used.saturating_add(needed) > quota {
                 return Err(ArchiveError::QuotaExceeded {
@@ -415,11 +526,17 @@ impl WalArchive {
         zstd: &[u8],
     ) -> Result<(), ArchiveError> {
         let incoming = dir.join(INCOMING_DIR);
-        fs::create_dir_all(&incoming)
-            .map_err(Self::io_err(cluster, format!("create {}", incoming.display())))?;
+        fs::create_dir_all(&incoming).map_err(Self::io_err(
+            cluster,
+            format!("create {}", incoming.display()),
+        ))?;
         let tmp = incoming.join(format!("{name}.{}", std::process::id()));
         let result = (|| {
-            let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(&tmp)?;
             f.write_all(&meta.encode())?;
             f.write_all(zstd)?;
             f.sync_all()?;
@@ -435,21 +552,34 @@ impl WalArchive {
                 Some(libc::EDQUOT) => self
                     .check_quota(cluster.tenant(), name, u64::MAX / 2)
                     .err()
-                    .unwrap_or(ArchiveError::StorageFull { cluster: cluster.clone(), name: name.clone() }),
-                Some(libc::ENOSPC) => ArchiveError::StorageFull { cluster: cluster.clone(), name: name.clone() },
+                    .unwrap_or(ArchiveError::StorageFull {
+                        cluster: cluster.clone(),
+                        name: name.clone(),
+                    }),
+                Some(libc::ENOSPC) => ArchiveError::StorageFull {
+                    cluster: cluster.clone(),
+                    name: name.clone(),
+                },
                 _ => Self::io_err(cluster, format!("write {}", path.display()))(e),
             }
         })
     }
 
     /// Reads an archived file; blocking.
-    pub fn fetch(&self, cluster: &ClusterId, name: &WalFileName) -> Result<FetchedWal, ArchiveError> {
+    pub fn fetch(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+    ) -> Result<FetchedWal, ArchiveError> {
         self.cluster_record(cluster)?;
         let path = self.wal_dir(cluster)?.join(format!("{name}{STORED_EXT}"));
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(ArchiveError::NotFound { cluster: cluster.clone(), name: name.clone() })
+                return Err(ArchiveError::NotFound {
+                    cluster: cluster.clone(),
+                    name: name.clone(),
+                })
             }
             Err(e) => return Err(Self::io_err(cluster, format!("read {}", path.display()))(e)),
         };
@@ -458,7 +588,10 @@ impl WalArchive {
             path: path.display().to_string(),
             source,
         })?;
-        Ok(FetchedWal { meta, zstd: bytes[HEADER_LEN..].to_vec() })
+        Ok(FetchedWal {
+            meta,
+            zstd: bytes[HEADER_LEN..].to_vec(),
+        })
     }
 
     pub fn list(&self, cluster: &ClusterId) -> Result<Vec<WalRecord>, ArchiveError> {

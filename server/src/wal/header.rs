@@ -51,7 +51,10 @@ pub enum HeaderError {
     #[error("its name does not fit a segment size of {0} bytes")]
     NameOutOfRange(u32),
     #[error("its first page is on timeline {header} but its name says timeline {name}")]
-    FutureTimeline { header: TimelineId, name: TimelineId },
+    FutureTimeline {
+        header: TimelineId,
+        name: TimelineId,
+    },
 }
 
 fn u16_at(b: &[u8], at: usize) -> u16 {
@@ -106,18 +109,27 @@ impl LongPageHeader {
         let h = Self::parse(content)?;
         let expected = u64::from(h.segment_size);
         if content.len() as u64 != expected {
-            return Err(HeaderError::WrongSize { actual: content.len() as u64, expected });
+            return Err(HeaderError::WrongSize {
+                actual: content.len() as u64,
+                expected,
+            });
         }
         let start = name
             .start_lsn(h.segment_size)
             .ok_or(HeaderError::NameOutOfRange(h.segment_size))?;
         if h.page_address != start {
-            return Err(HeaderError::WrongPageAddress { actual: h.page_address, expected: start });
+            return Err(HeaderError::WrongPageAddress {
+                actual: h.page_address,
+                expected: start,
+            });
         }
         // The first segment of a new timeline begins with pages copied from its parent, so
         // the header's timeline may be older than the name's, never newer.
         if h.timeline > name.timeline() || h.timeline.0 == 0 {
-            return Err(HeaderError::FutureTimeline { header: h.timeline, name: name.timeline() });
+            return Err(HeaderError::FutureTimeline {
+                header: h.timeline,
+                name: name.timeline(),
+            });
         }
         Ok(h)
     }

@@ -62,7 +62,11 @@ impl StoredMeta {
         at.copy_from_slice(&b[25..33]);
         let mut blake3 = [0u8; 32];
         blake3.copy_from_slice(&b[33..65]);
-        Ok(Self { size: u64::from_le_bytes(size), archived_unix: i64::from_le_bytes(at), blake3 })
+        Ok(Self {
+            size: u64::from_le_bytes(size),
+            archived_unix: i64::from_le_bytes(at),
+            blake3,
+        })
     }
 
     /// Reads only the metadata frame at the start of `r`.
@@ -98,7 +102,13 @@ mod tests {
     #[test]
     fn refuses_foreign_files() {
         let plain = zstd::encode_all(&b"x"[..], 1).unwrap();
-        assert!(matches!(StoredMeta::decode(&plain), Err(StoredError::NoMetadata)));
-        assert!(matches!(StoredMeta::read_from(&mut &b"ab"[..]), Err(StoredError::NoMetadata)));
+        assert!(matches!(
+            StoredMeta::decode(&plain),
+            Err(StoredError::NoMetadata)
+        ));
+        assert!(matches!(
+            StoredMeta::read_from(&mut &b"ab"[..]),
+            Err(StoredError::NoMetadata)
+        ));
     }
 }

@@ -21,7 +21,12 @@ pub fn check_history(name: &WalFileName, content: &[u8]) -> Result<(), String> {
         let lsn = fields.next().and_then(|f| f.parse::<Lsn>().ok());
         match (tli, lsn) {
             (Some(t), Some(_)) if t < name.timeline().0 => {}
-            _ => return Err(format!("line {} is no timeline history entry: {line:?}", i + 1)),
+            _ => {
+                return Err(format!(
+                    "line {} is no timeline history entry: {line:?}",
+                    i + 1
+                ))
+            }
         }
     }
     Ok(())
@@ -53,7 +58,10 @@ mod tests {
 
     #[test]
     fn backup_files() {
-        assert!(check_backup(b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n").is_ok());
+        assert!(
+            check_backup(b"START WAL LOCATION: 0/2000028 (file 000000010000000000000002)\n")
+                .is_ok()
+        );
         assert!(check_backup(b"nothing\n").is_err());
     }
 }
