@@ -530,7 +530,7 @@ impl Storage for ZfsStorage {
         if let (Err(e), Some(rs)) = (&result, options.recordsize) {
             // zfs-fuse stops at 128K; production OpenZFS takes the larger size asked for.
             if rs > ZFS_FUSE_MAX_RECORDSIZE && e.stderr().contains("'recordsize' must be") {
-                tracing::warn!(dataset = %name, requested = rs, used = ZFS_FUSE_MAX_RECORDSIZE, "recordsize not supported by this ZFS; using its maximum");
+                tracing::info!(dataset = %name, requested = rs, used = ZFS_FUSE_MAX_RECORDSIZE, "recordsize not supported by this ZFS; using its maximum");
                 result = run(build(Some(ZFS_FUSE_MAX_RECORDSIZE)));
             }
         }
