@@ -47,6 +47,9 @@ impl ClientError {
                 }
                 source = e.source();
             }
+            if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+                message = explain_transport(&message);
+            }
             ClientError::Server {
                 context,
                 code: s.code(),
@@ -54,6 +57,29 @@ impl ClientError {
             }
         }
     }
+}
+
+/// Adds what a bare transport failure most likely means. The server closes the connection
+/// without a word when it rejects our certificate during the TLS handshake, so "broken pipe"
+/// or "connection reset" on a fresh connection almost always means that.
+fn explain_transport(message: &str) -> String {
+    let lower = message.to_lowercase();
+    let mut out = message
+        .split(" For more information")
+        .next()
+        .unwrap_or(message)
+        .to_owned();
+    if lower.contains("broken pipe")
+        || lower.contains("connection reset")
+        || lower.contains("alert")
+    {
+        out.push_str(
+            " (the server closed the connection; if it does so again, check that the client \
+             certificate in the configuration is issued by this server's CA and still valid: \
+             the server's log says why it refused)",
+        );
+    }
+    out
 }
 
 /// The whole source chain of an error on one line.

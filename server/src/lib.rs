@@ -9,6 +9,7 @@ pub mod layout;
 pub mod process;
 pub mod storage;
 pub mod tenancy;
+pub mod tls;
 pub mod wal;
 
 use std::future::Future;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::net::TcpListener;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::catalog::{Catalog, CatalogError};
 use crate::config::{Config, StorageConfig};
@@ -24,14 +25,8 @@ use crate::storage::{dir::DirStorage, zfs::ZfsStorage, Storage, StorageError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("read TLS file {path}: {source}")]
-    TlsFile {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("set up TLS: {0}")]
-    Tls(#[source] tonic::transport::Error),
+    Tls(#[from] tls::TlsError),
     #[error("open storage: {0}")]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -74,25 +69,13 @@ pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageE
     })
 }
 
-fn read_tls(path: &std::path::Path) -> Result<Vec<u8>, ServeError> {
-    std::fs::read(path).map_err(|source| ServeError::TlsFile {
-        path: path.display().to_string(),
-        source,
-    })
-}
-
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            read_tls(&config.tls.cert)?,
-            read_tls(&config.tls.key)?,
-        ))
-        .client_ca_root(Certificate::from_pem(read_tls(&config.tls.ca)?));
+    let tls = tls::server_config(&config.tls)?;
     let storage = tokio::task::spawn_blocking({
         let c = config.storage.clone();
         move || open_storage(&c)
@@ -113,15 +96,10 @@ pub async fn run(
     );
     let (archive, admin) = api::services(domain);
     Server::builder()
-        .tls_config(tls)
-        .map_err(ServeError::Tls)?
         .timeout(config.request_timeout)
         .add_service(archive)
         .add_service(admin)
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown,
-        )
+        .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .map_err(ServeError::Transport)
 }
