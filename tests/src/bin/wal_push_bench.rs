@@ -1,0 +1,218 @@
+//! Benchmark of `walvault wal-push` on real 16 MiB WAL segments, as PostgreSQL runs it: one
+//! process per segment, timed from start to exit, against the real server on a zfs-fuse
+//! pool over mutual TLS. Compares zstd on the wire with no compression and, when Debian's
+//! `pgbackrest` is installed, `pgbackrest archive-push` into a repository on the same pool.
+//!
+//! Run as root: `cargo build --release --workspace && cargo run --release -p walvault-tests
+//! --bin wal-push-bench [SEGMENTS]` (default 40). Bounded: it stops by itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use walvault_tests::harness::wal::local_archive_conf;
+use walvault_tests::harness::{
+    chown_postgres, e2e_ready, wait_until, Client, Pg, Storage, TestDir, Walvault, PG_USER,
+};
+
+struct Figures {
+    label: String,
+    times: Vec<Duration>,
+    bytes_in: u64,
+    bytes_stored: u64,
+}
+
+impl Figures {
+    fn print(&self) {
+        let mut t = self.times.clone();
+        t.sort();
+        let total: Duration = t.iter().sum();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let n = t.len().max(1);
+        println!(
+            "{:<28} {:>4} {:>9.1} {:>9.1} {:>9.1} {:>8.2} {:>9.1} {:>8.1}x",
+            self.label,
+            t.len(),
+            ms(total) / n as f64,
+            ms(t[n / 2]),
+            ms(t[(n * 95 / 100).min(n - 1)]),
+            n as f64 / total.as_secs_f64(),
+            self.bytes_in as f64 / (1 << 20) as f64 / total.as_secs_f64(),
+            self.bytes_in as f64 / self.bytes_stored.max(1) as f64,
+        );
+    }
+}
+
+/// Real segments from a PostgreSQL 15 cluster under pgbench, copied by a plain archive_command.
+fn make_segments(td: &TestDir, n: usize) -> (Pg, Vec<PathBuf>) {
+    let archive = td.mkdir_postgres("segments");
+    let mut pg = Pg::init(td, "src", &local_archive_conf(&archive));
+    pg.start();
+    pg.pgbench(&["-i", "-s", "10", "-q"]);
+    let mut names = Vec::new();
+    while names.len() < n {
+        pg.pgbench(&["-t", "3000", "-c", "2"]);
+        let name = pg.switch_wal();
+        if names.last() != Some(&name) {
+            names.push(name);
+        }
+    }
+    let last = archive.join(names.last().expect("n > 0"));
+    wait_until(
+        "segments in the local archive",
+        Duration::from_secs(300),
+        || last.exists().then_some(()),
+    );
+    (pg, names.iter().map(|n| archive.join(n)).collect())
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        total += if p.is_dir() { dir_bytes(&p) } else { size(&p) };
+    }
+    total
+}
+
+fn time_pushes(
+    label: &str,
+    segments: &[PathBuf],
+    mut cmd: impl FnMut(&Path) -> Command,
+) -> Vec<Duration> {
+    let mut times = Vec::new();
+    for s in segments {
+        let start = Instant::now();
+        let out = cmd(s).output().expect("start the push");
+        times.push(start.elapsed());
+        if !out.status.success() {
+            panic!(
+                "{label}: push of {} failed: {}",
+                s.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    times
+}
+
+fn walvault(wv: &Walvault, storage: &Storage, segments: &[PathBuf], compression: &str) -> Figures {
+    let cluster = format!("bench/{compression}");
+    wv.cluster_create(&cluster);
+    let agent: Client = wv.agent_with(&cluster, compression).as_user(None);
+    let times = time_pushes(&cluster, segments, |s| {
+        agent.command(&["wal-push", &s.to_string_lossy()])
+    });
+    Figures {
+        label: format!("walvault wal-push ({compression})"),
+        times,
+        bytes_in: segments.iter().map(|s| size(s)).sum(),
+        bytes_stored: dir_bytes(&storage.wal_dir(&cluster)),
+    }
+}
+
+/// pgbackrest 2.45 from Debian, archive-push into a repository on the same pool, zstd level 1
+/// like walvault's client.
+fn pgbackrest(td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) -> Option<Figures> {
+    if Command::new("pgbackrest").arg("version").output().is_err() {
+        println!("(pgbackrest not installed: apt-get install pgbackrest to compare)");
+        return None;
+    }
+    let repo = match storage {
+        Storage::Zfs(pool) => pool.create_dataset("pgbackrest"),
+        Storage::Dir(_) => td.mkdir("pgbackrest"),
+    };
+    chown_postgres(&repo);
+    let conf = td.join("pgbackrest.conf");
+    let spool = td.mkdir_postgres("pgbackrest-spool");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=1\nlog-level-console=warn\n\
+             log-level-file=off\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
+            repo.display(),
+            spool.display(),
+            spool.display(),
+            pg.data_dir().display(),
+            pg.port(),
+            pg.socket_dir(),
+        ),
+    )
+    .expect("write pgbackrest.conf");
+    walvault_tests::harness::chmod(&conf, 0o644);
+    let pgbr = |args: &[&str]| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", PG_USER, "--", "pgbackrest"])
+            .arg(format!("--config={}", conf.display()))
+            .arg("--stanza=bench")
+            .args(args);
+        c
+    };
+    let out = pgbr(&["stanza-create"]).output().expect("run pgbackrest");
+    if !out.status.success() {
+        println!(
+            "(pgbackrest stanza-create failed: {})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return None;
+    }
+    let times = time_pushes("pgbackrest", segments, |s| {
+        let mut c = pgbr(&["archive-push"]);
+        c.arg(s);
+        c
+    });
+    Some(Figures {
+        label: "pgbackrest archive-push (zst)".into(),
+        times,
+        bytes_in: segments.iter().map(|s| size(s)).sum(),
+        bytes_stored: dir_bytes(&repo.join("archive")),
+    })
+}
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(40)
+        .clamp(1, 200);
+    if !e2e_ready() {
+        std::process::exit(1);
+    }
+    let td = TestDir::new("wal-push-bench");
+    let Some(storage) = Storage::create(&td) else {
+        std::process::exit(1)
+    };
+    let wv = Walvault::start(&td, &storage);
+    wv.tenant_create("bench", None);
+    println!("generating {n} real WAL segments with pgbench…");
+    let (pg, segments) = make_segments(&td, n);
+
+    let mut rows = vec![
+        walvault(&wv, &storage, &segments, "zstd"),
+        walvault(&wv, &storage, &segments, "none"),
+    ];
+    rows.extend(pgbackrest(&td, &storage, &pg, &segments));
+
+    println!(
+        "\n{n} segments of 16 MiB, one process per push, on {} ({} cores)",
+        match &storage {
+            Storage::Zfs(_) => "a zfs-fuse pool on a sparse file",
+            Storage::Dir(_) => "plain directories",
+        },
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
+    println!(
+        "{:<28} {:>4} {:>9} {:>9} {:>9} {:>8} {:>9} {:>9}",
+        "", "n", "mean ms", "p50 ms", "p95 ms", "seg/s", "MiB/s", "stored"
+    );
+    for r in &rows {
+        r.print();
+    }
+    drop(pg);
+}
