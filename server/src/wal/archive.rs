@@ -278,8 +278,10 @@ impl WalArchive {
         incoming: IncomingWal,
     ) -> Result<PushOutcome, ArchiveError> {
         let name = incoming.name.clone();
+        let started = std::time::Instant::now();
         self.cluster_record(cluster)?;
         let content = self.verify_transfer(cluster, &incoming)?;
+        let verified = started.elapsed();
 
         let lock = self.lock(cluster);
         let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
@@ -311,11 +313,14 @@ impl WalArchive {
             blake3: incoming.blake3,
         };
         let stored_size = (HEADER_LEN + zstd.len()) as u64;
+        let checked = started.elapsed();
         self.check_quota(cluster.tenant(), &name, stored_size)?;
+        let quota_checked = started.elapsed();
         if let Some(b) = binding {
             self.bind(cluster, b)?;
         }
         self.write_durably(cluster, &name, &dir, &path, &meta, &zstd)?;
+        let written = started.elapsed();
         self.catalog.put_wal(
             cluster,
             &WalRecord {
@@ -327,6 +332,16 @@ impl WalArchive {
             },
         )?;
         tracing::info!(%cluster, %name, size = meta.size, stored_size, "archived");
+        // Where a push spends its time, for tuning (WALVAULT_LOG=walvault_server::wal=debug).
+        tracing::debug!(
+            %cluster, %name,
+            verify_ms = verified.as_millis(),
+            check_ms = (checked - verified).as_millis(),
+            quota_ms = (quota_checked - checked).as_millis(),
+            write_ms = (written - quota_checked).as_millis(),
+            catalog_ms = (started.elapsed() - written).as_millis(),
+            "push timings"
+        );
         Ok(PushOutcome::Archived)
     }
 

@@ -15,11 +15,13 @@ const CLI_TIMEOUT: Duration = Duration::from_secs(120);
 /// A binary of this workspace, from the cargo target directory this test was built in.
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    // target/debug/deps/<test>-<hash> -> target/debug
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
+    // Tests live in target/<profile>/deps, binaries such as the benchmark in target/<profile>.
+    let own_dir = exe.parent().expect("executable in a directory");
+    let dir = if own_dir.ends_with("deps") {
+        own_dir.parent().expect("target/<profile>/deps")
+    } else {
+        own_dir
+    };
     let bin = dir.join(name);
     assert!(
         bin.is_file(),
