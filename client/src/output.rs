@@ -1,20 +1,6 @@
-//! Sizes as people write and read them.
+//! Sizes as people write and read them (the reading side is shared with the server).
 
-/// `1.5 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
-}
+pub use walvault_proto::human_bytes;
 
 /// Parses `64M`, `1.5G`, `512K`, `1T` (powers of 1024) or plain bytes; `none` is `None`.
 pub fn parse_size(s: &str) -> Result<Option<u64>, String> {

@@ -17,6 +17,32 @@ pub mod pb {
     tonic::include_proto!("walvault.v1");
 }
 
+/// A byte count as people read it (`1.5 GiB`), the same on both sides of the wire.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn human_bytes_reads_well() {
+        assert_eq!(super::human_bytes(512), "512 B");
+        assert_eq!(super::human_bytes(8 << 20), "8.0 MiB");
+        assert_eq!(super::human_bytes(3 << 29), "1.5 GiB");
+    }
+}
+
 /// Bytes per message chunk on the wire: well under tonic's 4 MiB default message limit.
 pub const CHUNK_SIZE: usize = 1 << 20;
 

@@ -12,6 +12,8 @@ pub mod tenancy;
 pub mod tls;
 pub mod wal;
 
+pub use walvault_proto::human_bytes;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -43,22 +45,6 @@ pub(crate) fn unix_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0)
-}
-
-/// `1.5 GiB`, for messages people read.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[unit])
-    }
 }
 
 /// Opens the configured storage backend.
@@ -102,14 +88,4 @@ pub async fn run(
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .map_err(ServeError::Transport)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn human_bytes_reads_well() {
-        assert_eq!(super::human_bytes(512), "512 B");
-        assert_eq!(super::human_bytes(8 << 20), "8.0 MiB");
-        assert_eq!(super::human_bytes(3 << 29), "1.5 GiB");
-    }
 }
