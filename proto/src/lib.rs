@@ -33,6 +33,12 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Bytes per message chunk on the wire: well under tonic's 4 MiB default message limit.
+pub const CHUNK_SIZE: usize = 1 << 20;
+
+/// The largest WAL file we accept, compressed or not: PostgreSQL's maximum segment size.
+pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -42,9 +48,3 @@ mod tests {
         assert_eq!(super::human_bytes(3 << 29), "1.5 GiB");
     }
 }
-
-/// Bytes per message chunk on the wire: well under tonic's 4 MiB default message limit.
-pub const CHUNK_SIZE: usize = 1 << 20;
-
-/// The largest WAL file we accept, compressed or not: PostgreSQL's maximum segment size.
-pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
