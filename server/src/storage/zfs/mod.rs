@@ -9,7 +9,7 @@
 //!   ZFS by the contract suite); everything else stays a [`StorageError::Process`] with argv and
 //!   stderr;
 //! - on zfs-fuse every command that changes something runs under the machine-wide lock of
-//!   [`zfs_lock`] (zfs-fuse wedges under concurrent creates/mounts/destroys); reads do not;
+//!   [`zfs_lock`](super::zfs_lock) (zfs-fuse wedges under concurrent creates/mounts/destroys); reads do not;
 //! - zfs-fuse reports "dataset is busy" for a moment after a dataset is created or its last file
 //!   is closed, so destructive commands are retried for [`BUSY_TIMEOUT`];
 //! - user properties live under [`PROPERTY_PREFIX`]; only locally set ones are reported, because
@@ -22,15 +22,16 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use super::zfs_lock;
 use super::{
     DatasetOptions, DatasetPath, SnapshotInfo, Space, Storage, StorageError, PROPERTY_PREFIX,
 };
-use crate::process::{self, Argv, ProcessError};
+use crate::process::ProcessError;
+
+mod cli;
+use cli::*;
 
 /// How long a "dataset is busy" answer is retried. zfs-fuse says busy for ~60 ms after a
 /// dataset was created or a file in it was closed (measured here; longer under load), and
@@ -108,139 +109,6 @@ pub struct ZfsStorage {
 enum Subject<'a> {
     Dataset(&'a DatasetPath),
     Snapshot(&'a DatasetPath, &'a str),
-}
-
-/// Runs `zfs <args>` through the process runner and returns its stdout. On zfs-fuse, commands
-/// that change anything hold the machine-wide lock of [`zfs_lock`] while they run (one command
-/// at a time, never across a sleep, so that retries let other processes in).
-fn zfs<S: AsRef<str>>(args: &[S]) -> Result<String, ProcessError> {
-    let args: Vec<&str> = args.iter().map(AsRef::as_ref).collect();
-    let mut cmd = Command::new("zfs");
-    cmd.args(&args);
-    let _guard = if zfs_lock::is_read_only(&args) {
-        None
-    } else {
-        Some(zfs_lock::lock().map_err(|e| ProcessError::Spawn {
-            argv: Argv(&cmd).to_string(),
-            source: std::io::Error::new(
-                e.kind(),
-                format!("take the zfs-fuse lock {}: {e}", zfs_lock::LOCK_PATH),
-            ),
-        })?)
-    };
-    process::run_stdout(&mut cmd)
-}
-
-// The stderr wordings below are each provoked by the contract suite (`storage::contract`) on
-// the ZFS it runs on; the zfs-fuse wordings are proven here, the OpenZFS-only ones where noted
-// are proven by the same tests when they run on OpenZFS.
-
-fn is_busy(stderr: &str) -> bool {
-    // "dataset is busy" (zfs-fuse; OpenZFS says "pool or dataset is busy"), or, while a file
-    // is still open, umount's "target is busy" and zfs-fuse's "umount failed".
-    stderr.contains("dataset is busy")
-        || stderr.contains("target is busy")
-        || stderr.contains("umount failed")
-}
-
-fn is_not_found(stderr: &str) -> bool {
-    // OpenZFS words a missing snapshot in `zfs destroy` as "could not find any snapshots".
-    stderr.contains("dataset does not exist") || stderr.contains("could not find any snapshots")
-}
-
-/// Only `zfs set quota=` below current use fails like this. Over-quota writes fail with EDQUOT
-/// in the writer, and `zfs create`/`clone` in a full parent fail to make the mountpoint (see
-/// `undo_unmounted`); zfs-fuse still takes snapshots and property changes in a full dataset.
-fn is_quota(stderr: &str) -> bool {
-    stderr.contains("size is less than current used or reserved space")
-}
-
-fn is_has_clones(stderr: &str) -> bool {
-    // `destroy ds` / `destroy ds@s` / `destroy -r ds@s` (zfs-fuse) / `rollback -r`.
-    stderr.contains("has dependent clones")
-        || stderr.contains("snapshot is cloned")
-        || stderr.contains("clones of previous snapshots exist")
-}
-
-/// The first `'…'`-quoted word of a zfs message (`cannot create snapshot 'a/b@s': …`).
-fn quoted(stderr: &str) -> Option<&str> {
-    let start = stderr.find('\'')? + 1;
-    let len = stderr[start..].find('\'')?;
-    Some(&stderr[start..start + len])
-}
-
-fn parse_u64(what: &str, value: &str) -> Result<u64, StorageError> {
-    value.parse().map_err(|_| StorageError::Parse {
-        what: what.to_owned(),
-        detail: format!("expected a number of bytes, got {value:?}"),
-    })
-}
-
-fn parse_i64(what: &str, value: &str) -> Result<i64, StorageError> {
-    value.parse().map_err(|_| StorageError::Parse {
-        what: what.to_owned(),
-        detail: format!("expected an integer, got {value:?}"),
-    })
-}
-
-/// One line of `zfs get -H -p -o name,property,value,source` (or without `name`).
-#[derive(Debug, PartialEq, Eq)]
-struct PropertyLine<'a> {
-    name: Option<&'a str>,
-    property: &'a str,
-    value: &'a str,
-    source: &'a str,
-}
-
-/// Splits `zfs get -H` output into lines. Values may contain tabs (ZFS stores them verbatim),
-/// so the value is everything between the leading fields and the last tab.
-fn parse_get_lines<'a>(
-    what: &str,
-    output: &'a str,
-    with_name: bool,
-) -> Result<Vec<PropertyLine<'a>>, StorageError> {
-    let mut out = Vec::new();
-    for line in output.split('\n').filter(|l| !l.is_empty()) {
-        let bad = || StorageError::Parse {
-            what: what.to_owned(),
-            detail: format!(
-                "expected {} tab-separated fields in {line:?}",
-                3 + usize::from(with_name)
-            ),
-        };
-        let (name, rest) = if with_name {
-            let (n, r) = line.split_once('\t').ok_or_else(bad)?;
-            (Some(n), r)
-        } else {
-            (None, line)
-        };
-        let (property, rest) = rest.split_once('\t').ok_or_else(bad)?;
-        let (value, source) = rest.rsplit_once('\t').ok_or_else(bad)?;
-        if property.is_empty() || source.is_empty() || name == Some("") {
-            return Err(bad());
-        }
-        out.push(PropertyLine {
-            name,
-            property,
-            value,
-            source,
-        });
-    }
-    Ok(out)
-}
-
-/// The locally set `walvault:*` properties among `lines`, prefix stripped.
-fn local_user_properties<'a>(
-    lines: impl IntoIterator<Item = &'a PropertyLine<'a>>,
-) -> BTreeMap<String, String> {
-    lines
-        .into_iter()
-        .filter(|l| l.source == "local")
-        .filter_map(|l| {
-            let key = l.property.strip_prefix(PROPERTY_PREFIX)?;
-            Some((key.to_owned(), l.value.to_owned()))
-        })
-        .collect()
 }
 
 impl ZfsStorage {
@@ -830,78 +698,4 @@ impl Storage for ZfsStorage {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn get_lines_keep_tabs_and_spaces_in_values() {
-        let out =
-            "walvault:a\thello world\tlocal\nwalvault:b\tx\ty \tinherited from t/x\nused\t12\t-\n";
-        let lines = parse_get_lines("t", out, false).expect("parses");
-        assert_eq!(lines[0].value, "hello world");
-        assert_eq!(lines[1].value, "x\ty ");
-        assert_eq!(lines[1].source, "inherited from t/x");
-        let props = local_user_properties(&lines);
-        assert_eq!(props.len(), 1);
-        assert_eq!(props["a"], "hello world");
-    }
-
-    #[test]
-    fn get_lines_reject_garbage() {
-        let err = parse_get_lines("t", "just one field\n", false).expect_err("must fail");
-        assert!(matches!(err, StorageError::Parse { .. }), "{err}");
-        let err = parse_get_lines("t", "a\tb\n", true).expect_err("must fail");
-        assert!(matches!(err, StorageError::Parse { .. }), "{err}");
-    }
-
-    #[test]
-    fn numbers_are_strict() {
-        assert_eq!(parse_u64("x", "1024").expect("number"), 1024);
-        for bad in ["", "1K", "-1", " 1", "none"] {
-            assert!(
-                matches!(parse_u64("x", bad), Err(StorageError::Parse { .. })),
-                "{bad:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn property_keys_and_values() {
-        check_property_key("backup.start-lsn:x_1").expect("valid key");
-        for bad in [
-            "",
-            "Upper",
-            "with space",
-            "ü",
-            "a=b",
-            &"k".repeat(PROPERTY_KEY_MAX + 1),
-        ] {
-            assert!(check_property_key(bad).is_err(), "{bad:?}");
-        }
-        check_property_value("k", "with spaces\tand tab").expect("valid value");
-        for bad in ["a\nb", "a\rb", "a\0b", &"v".repeat(PROPERTY_VALUE_MAX + 1)] {
-            assert!(check_property_value("k", bad).is_err(), "{bad:?}");
-        }
-    }
-
-    #[test]
-    fn quoted_names() {
-        let msg = "cannot create snapshot 'tank/wv/a@s': dataset already exists";
-        assert_eq!(quoted(msg), Some("tank/wv/a@s"));
-        assert_eq!(quoted("no quotes"), None);
-    }
-
-    #[test]
-    fn names_map_back_to_paths() {
-        let s = ZfsStorage {
-            root: "tank/wv".into(),
-            compression: "lzjb".into(),
-        };
-        let p = DatasetPath::new(["a", "b"]).expect("valid");
-        assert_eq!(s.dataset_name(&p), "tank/wv/a/b");
-        assert_eq!(s.path_of("tank/wv/a/b@s"), Some(p));
-        assert_eq!(s.path_of("tank/wv"), Some(DatasetPath::root()));
-        assert_eq!(s.path_of("tank/wvx/a"), None);
-        assert_eq!(s.path_of("other/a"), None);
-    }
-}
+mod tests;
