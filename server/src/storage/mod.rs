@@ -201,7 +201,7 @@ pub trait Storage: Send + Sync + fmt::Debug {
     fn properties(&self, path: &DatasetPath) -> Result<BTreeMap<String, String>, StorageError>;
 
     /// Takes a snapshot of `path` (and, if `recursive`, of all descendants atomically) and sets
-    /// `properties` on the snapshot of `path`.
+    /// `properties` on every snapshot taken (as `zfs snapshot -r -o` does).
     fn snapshot(
         &self,
         path: &DatasetPath,

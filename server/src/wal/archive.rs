@@ -25,7 +25,7 @@ use super::stored::{StoredError, StoredMeta, HEADER_LEN};
 use super::text;
 use crate::catalog::{Catalog, CatalogError, ClusterBinding, ClusterRecord, WalRecord};
 use crate::layout::{self, cluster_props, ClusterLayout, INCOMING_DIR, STORED_EXT};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{Space, Storage, StorageError};
 use crate::{human_bytes, unix_now};
 
 /// zstd level when the server has to compress (the client sent plain bytes): fast, since
@@ -275,12 +275,12 @@ impl WalArchive {
     pub fn push(
         &self,
         cluster: &ClusterId,
-        incoming: IncomingWal,
+        mut incoming: IncomingWal,
     ) -> Result<PushOutcome, ArchiveError> {
         let name = incoming.name.clone();
         let started = std::time::Instant::now();
         self.cluster_record(cluster)?;
-        let content = self.verify_transfer(cluster, &incoming)?;
+        let content = self.verify_transfer(cluster, &mut incoming)?;
         let verified = started.elapsed();
 
         let lock = self.lock(cluster);
@@ -349,7 +349,7 @@ impl WalArchive {
     fn verify_transfer(
         &self,
         cluster: &ClusterId,
-        w: &IncomingWal,
+        w: &mut IncomingWal,
     ) -> Result<Vec<u8>, ArchiveError> {
         let limit = match w.name.kind() {
             WalFileKind::Segment | WalFileKind::Partial => walvault_proto::MAX_WAL_FILE_SIZE,
@@ -384,7 +384,8 @@ impl WalArchive {
                 })?;
             out
         } else {
-            w.payload.clone()
+            // Plain bytes are the content itself: take them rather than copy 16 MiB.
+            std::mem::take(&mut w.payload)
         };
         if content.len() as u64 != w.size {
             return Err(size_err(content.len() as u64));
@@ -531,6 +532,28 @@ impl WalArchive {
         Ok(())
     }
 
+    /// The quota error for a write ZFS refused, with the tenant's figures when they can be read.
+    fn quota_refusal(&self, cluster: &ClusterId, name: &WalFileName, needed: u64) -> ArchiveError {
+        let tenant = cluster.tenant();
+        match layout::tenant(tenant).and_then(|ds| self.storage.space(&ds)) {
+            Ok(Space {
+                quota: Some(quota),
+                used,
+                ..
+            }) => ArchiveError::QuotaExceeded {
+                tenant: tenant.clone(),
+                name: name.clone(),
+                quota,
+                used,
+                needed,
+            },
+            _ => ArchiveError::StorageFull {
+                cluster: cluster.clone(),
+                name: name.clone(),
+            },
+        }
+    }
+
     fn write_durably(
         &self,
         cluster: &ClusterId,
@@ -564,13 +587,10 @@ impl WalArchive {
         result.map_err(|e| {
             let _ = fs::remove_file(&tmp);
             match e.raw_os_error() {
-                Some(libc::EDQUOT) => self
-                    .check_quota(cluster.tenant(), name, u64::MAX / 2)
-                    .err()
-                    .unwrap_or(ArchiveError::StorageFull {
-                        cluster: cluster.clone(),
-                        name: name.clone(),
-                    }),
+                // ZFS refused the write itself: its accounting ran ahead of our pre-check.
+                Some(libc::EDQUOT) => {
+                    self.quota_refusal(cluster, name, (HEADER_LEN + zstd.len()) as u64)
+                }
                 Some(libc::ENOSPC) => ArchiveError::StorageFull {
                     cluster: cluster.clone(),
                     name: name.clone(),
