@@ -46,6 +46,38 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send a base backup of the local PostgreSQL cluster (run as the PostgreSQL OS user):
+    /// only blocks that changed since the server's copy cross the network.
+    Backup {
+        /// A label for PostgreSQL and the listing [default: walvault <time>].
+        #[arg(long)]
+        label: Option<String>,
+        /// The data directory [default: PostgreSQL's data_directory].
+        #[arg(long)]
+        pgdata: Option<PathBuf>,
+        /// How to reach PostgreSQL, libpq style ("host=/var/run/postgresql port=5432 user=postgres")
+        /// [default: PGHOST, PGPORT, PGUSER, PGDATABASE, else the local socket as this user].
+        #[arg(long)]
+        conninfo: Option<String>,
+        /// Read at most this many bytes per second (like 50M) to spare the database's disks.
+        #[arg(long)]
+        max_rate: Option<String>,
+        /// Let PostgreSQL spread the starting checkpoint over checkpoint_completion_target
+        /// instead of doing it at once (slower start, gentler on the disks).
+        #[arg(long)]
+        spread_checkpoint: bool,
+        /// No progress display.
+        #[arg(long, short)]
+        quiet: bool,
+        /// Print the finished backup as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the backups of a cluster (the running one too).
+    Backups {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print the identity the server sees in our certificate.
     Whoami,
     /// Tenants (admin certificate).

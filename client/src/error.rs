@@ -26,6 +26,8 @@ pub enum ClientError {
     },
     #[error("{0}")]
     Integrity(String),
+    #[error("{0}")]
+    Postgres(String),
 }
 
 impl ClientError {

@@ -2,12 +2,16 @@
 //! restore_command) and for the backup team (administration). The binary's `main.rs` only
 //! parses the command line and prints errors.
 
+pub mod backup;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod connect;
 pub mod error;
 pub mod output;
+pub mod pgdata;
+pub mod postgres;
+pub mod progress;
 
 use cli::{Cli, ClusterCommand, Command, TenantCommand};
 use commands::wal_fetch::Fetched;
@@ -38,6 +42,31 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             }
         }
         Command::WalList { json } => commands::wal_list::run(&config, cluster, json).await?,
+        Command::Backup {
+            label,
+            pgdata,
+            conninfo,
+            max_rate,
+            spread_checkpoint,
+            quiet,
+            json,
+        } => {
+            let max_rate = match max_rate {
+                Some(r) => output::parse_size(&r)
+                    .map_err(|e| ClientError::Usage(format!("--max-rate: {e}")))?,
+                None => None,
+            };
+            let opts = backup::Options {
+                label,
+                pgdata,
+                conninfo,
+                max_rate,
+                spread_checkpoint,
+                progress: !quiet && !json,
+            };
+            commands::backup::run(&config, cluster, opts, json).await?
+        }
+        Command::Backups { json } => commands::backup::list(&config, cluster, json).await?,
         Command::Whoami => commands::admin::whoami(&config).await?,
         Command::Tenant(TenantCommand::Create { name, quota, dedup }) => {
             commands::admin::tenant_create(&config, &name, size(&quota)?, dedup).await?

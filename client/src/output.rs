@@ -1,6 +1,6 @@
 //! Sizes as people write and read them (the reading side is shared with the server).
 
-pub use walvault_proto::human_bytes;
+pub use walvault_proto::{human_bytes, utc_time};
 
 /// Parses `64M`, `1.5G`, `512K`, `1T` (powers of 1024) or plain bytes; `none` is `None`.
 pub fn parse_size(s: &str) -> Result<Option<u64>, String> {

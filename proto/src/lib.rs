@@ -5,10 +5,12 @@
 
 mod ids;
 mod lsn;
+pub mod manifest;
 mod walname;
 
 pub use ids::{ClusterId, IdError, TenantId};
 pub use lsn::{Lsn, LsnParseError, TimelineId};
+pub use manifest::{Area, RelPath, BLOCK_SIZE};
 pub use walname::{WalFileKind, WalFileName, WalNameError};
 
 /// Generated gRPC code (tonic + prost).
@@ -33,6 +35,29 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
+/// Civil UTC date and time of a Unix time: (year, month, day, hour, minute, second).
+pub fn utc_civil(unix: i64) -> (i64, i64, i64, i64, i64, i64) {
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    // Howard Hinnant's days-to-civil algorithm.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// A Unix time as people read it: `2026-11-22 09:34:56 UTC`.
+pub fn utc_time(unix: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc_civil(unix);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
 /// Bytes per message chunk on the wire: well under tonic's 4 MiB default message limit.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
@@ -46,5 +71,11 @@ mod tests {
         assert_eq!(super::human_bytes(512), "512 B");
         assert_eq!(super::human_bytes(8 << 20), "8.0 MiB");
         assert_eq!(super::human_bytes(3 << 29), "1.5 GiB");
+    }
+
+    #[test]
+    fn utc_times() {
+        assert_eq!(super::utc_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::utc_time(951_782_400), "2000-02-29 00:00:00 UTC");
     }
 }

@@ -56,6 +56,7 @@ enum RawStorage {
 #[serde(deny_unknown_fields)]
 struct RawLimits {
     request_timeout_secs: Option<u64>,
+    backup_wal_wait_secs: Option<u64>,
 }
 
 /// Where the data lives.
@@ -83,8 +84,10 @@ pub struct Config {
     pub pg_user: String,
     pub tls: TlsFiles,
     pub storage: StorageConfig,
-    /// Bound on every request's duration.
+    /// Bound on every request's duration (a backup's stream excepted).
     pub request_timeout: Duration,
+    /// How long a finishing backup waits for the archive to hold its WAL.
+    pub backup_wal_wait: Duration,
 }
 
 impl Config {
@@ -136,6 +139,7 @@ impl Config {
         if timeout == 0 {
             return Err("limits.request_timeout_secs must be at least 1".into());
         }
+        let wal_wait = raw.limits.backup_wal_wait_secs.unwrap_or(300);
         Ok(Self {
             listen,
             catalog: abs(raw.catalog),
@@ -147,6 +151,7 @@ impl Config {
             },
             storage,
             request_timeout: Duration::from_secs(timeout),
+            backup_wal_wait: Duration::from_secs(wal_wait),
         })
     }
 }

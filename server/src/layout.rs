@@ -21,6 +21,24 @@ pub mod cluster_props {
     pub const PG_MAJOR: &str = "pg_major";
 }
 
+/// Properties of a backup's snapshots (set on every snapshot of `db` and its descendants).
+pub mod backup_props {
+    pub const BACKUP: &str = "backup";
+    pub const KIND: &str = "kind";
+    pub const LABEL: &str = "label";
+    pub const HOST: &str = "host";
+    pub const START_LSN: &str = "start_lsn";
+    pub const STOP_LSN: &str = "stop_lsn";
+    pub const TIMELINE: &str = "timeline";
+    pub const START_TIME: &str = "start_time";
+    pub const STOP_TIME: &str = "stop_time";
+    /// Whether recovery has replayed this copy past its stop LSN.
+    pub const CONSISTENT: &str = "consistent";
+    pub const VERIFIED: &str = "verified";
+    /// bytes read, sent, written, blocks written, files, changed, deleted, duration ms.
+    pub const STATS: &str = "stats";
+}
+
 /// Record size of PGDATA datasets: PostgreSQL's page size, so a changed page rewrites one
 /// record.
 pub const DATA_RECORDSIZE: u32 = 8 << 10;

@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod layout;
@@ -69,7 +70,7 @@ pub async fn run(
     .await
     .map_err(|e| StorageError::io("open storage", std::io::Error::other(e)))??;
     let catalog = Catalog::open(&config.catalog)?;
-    let domain = api::Domain::new(storage.clone(), catalog);
+    let domain = api::Domain::new(storage.clone(), catalog, &config);
     let removed = domain.archive.discard_incomplete()?;
     if removed > 0 {
         tracing::info!(removed, "discarded files of interrupted pushes");
@@ -80,11 +81,16 @@ pub async fn run(
         compression = %storage.compression(),
         "storage ready"
     );
-    let (archive, admin) = api::services(domain);
+    let (archive, admin, backup) = api::services(domain);
     Server::builder()
         .timeout(config.request_timeout)
+        // A backup's stream can sit idle while the server waits for WAL; a peer that vanished
+        // without closing its connection is found by keepalives instead.
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
         .add_service(archive)
         .add_service(admin)
+        .add_service(backup)
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .map_err(ServeError::Transport)

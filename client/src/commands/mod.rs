@@ -1,6 +1,7 @@
 //! One module per verb; each is thin over the channel and the wire types.
 
 pub mod admin;
+pub mod backup;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;

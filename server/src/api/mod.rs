@@ -4,6 +4,7 @@
 
 mod admin;
 mod archive;
+mod backup;
 mod status;
 
 use std::sync::Arc;
@@ -12,25 +13,37 @@ use tonic::{Request, Status};
 use walvault_proto::pb;
 
 use crate::auth::Principal;
+use crate::backup::Backups;
 use crate::catalog::Catalog;
+use crate::config::Config;
 use crate::storage::Storage;
 use crate::tenancy::Tenancy;
 use crate::wal::WalArchive;
 
 pub use admin::AdminApi;
 pub use archive::ArchiveApi;
+pub use backup::BackupApi;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
 pub struct Domain {
     pub archive: WalArchive,
     pub tenancy: Tenancy,
+    pub backups: Backups,
 }
 
 impl Domain {
-    pub fn new(storage: Arc<dyn Storage>, catalog: Catalog) -> Self {
+    pub fn new(storage: Arc<dyn Storage>, catalog: Catalog, config: &Config) -> Self {
+        let archive = WalArchive::new(storage.clone(), catalog.clone());
         Self {
-            archive: WalArchive::new(storage.clone(), catalog.clone()),
+            backups: Backups::new(
+                storage.clone(),
+                catalog.clone(),
+                archive.clone(),
+                &config.pg_user,
+                config.backup_wal_wait,
+            ),
+            archive,
             tenancy: Tenancy::new(storage, catalog),
         }
     }
@@ -80,9 +93,11 @@ pub fn services(
 ) -> (
     pb::archive_server::ArchiveServer<ArchiveApi>,
     pb::admin_server::AdminServer<AdminApi>,
+    pb::backup_server::BackupServer<BackupApi>,
 ) {
     (
         pb::archive_server::ArchiveServer::new(ArchiveApi::new(domain.clone())),
-        pb::admin_server::AdminServer::new(AdminApi::new(domain)),
+        pb::admin_server::AdminServer::new(AdminApi::new(domain.clone())),
+        pb::backup_server::BackupServer::new(BackupApi::new(domain)),
     )
 }

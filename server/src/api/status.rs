@@ -4,6 +4,7 @@
 use tonic::{Code, Status};
 
 use crate::auth::AuthError;
+use crate::backup::BackupError;
 use crate::tenancy::TenancyError;
 use crate::wal::ArchiveError;
 
@@ -56,5 +57,22 @@ pub fn tenancy(e: TenancyError) -> Status {
         E::TenantExists(_) | E::ClusterExists(_) => refuse(Code::AlreadyExists, msg),
         E::TenantNotFound(_) | E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
         E::Storage { .. } | E::Catalog(_) => fail(msg),
+    }
+}
+
+pub fn backup(e: BackupError) -> Status {
+    use BackupError as E;
+    let msg = e.to_string();
+    match e {
+        E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
+        E::AlreadyRunning { .. } => refuse(Code::FailedPrecondition, msg),
+        E::SystemIdentifierMismatch { .. } | E::BindingMismatch { .. } => {
+            refuse(Code::FailedPrecondition, msg)
+        }
+        E::Protocol { .. } | E::BlockChecksumMismatch { .. } => refuse(Code::InvalidArgument, msg),
+        E::WalMissing { .. } => refuse(Code::DeadlineExceeded, msg),
+        E::QuotaExceeded { .. } => refuse(Code::ResourceExhausted, msg),
+        E::Archive(a) => archive(*a),
+        E::Io { .. } | E::Storage { .. } | E::Reconcile { .. } | E::Catalog(_) => fail(msg),
     }
 }

@@ -102,6 +102,14 @@ impl Principal {
         }
     }
 
+    /// Sending a base backup: only the cluster's own agent, like WAL.
+    pub fn may_back_up(&self, cluster: &ClusterId) -> Result<(), AuthError> {
+        match self {
+            Principal::Agent(c) if c == cluster => Ok(()),
+            _ => Err(self.forbidden(format!("send a base backup of cluster {cluster}"))),
+        }
+    }
+
     /// Pushing WAL: only the cluster's own agent.
     pub fn may_push(&self, cluster: &ClusterId) -> Result<(), AuthError> {
         match self {

@@ -1,4 +1,4 @@
-//! The catalog: tenants, clusters and archived WAL files, in sled.
+//! The catalog: tenants, clusters, archived WAL files, backups and the block manifest, in sled.
 //!
 //! sled appears nowhere else. Keys are `tenant \0 cluster \0 name` so one tenant's or one
 //! cluster's entries form a contiguous, sorted range; values are a format byte followed by
@@ -6,7 +6,10 @@
 //! `walvault:*` properties and the archived files themselves (see `rebuild`). Writes are
 //! flushed before they are acknowledged.
 
+mod backups;
 pub mod rebuild;
+
+pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession};
 
 use std::path::Path;
 
@@ -17,7 +20,7 @@ use walvault_proto::{ClusterId, TenantId, WalFileName};
 const FORMAT_VERSION: u32 = 1;
 const FORMAT_KEY: &[u8] = b"format_version";
 /// First byte of every value.
-const VALUE_V1: u8 = 1;
+pub(super) const VALUE_V1: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -77,6 +80,8 @@ pub struct CatalogDump {
     pub tenants: Vec<TenantRecord>,
     pub clusters: Vec<ClusterRecord>,
     pub wal: Vec<(String, WalRecord)>,
+    #[serde(default)]
+    pub backups: Vec<(String, BackupRecord)>,
 }
 
 #[derive(Clone)]
@@ -85,6 +90,9 @@ pub struct Catalog {
     tenants: sled::Tree,
     clusters: sled::Tree,
     wal: sled::Tree,
+    backups: sled::Tree,
+    manifest: sled::Tree,
+    sessions: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -93,7 +101,7 @@ impl std::fmt::Debug for Catalog {
     }
 }
 
-fn cluster_key(c: &ClusterId) -> Vec<u8> {
+pub(super) fn cluster_key(c: &ClusterId) -> Vec<u8> {
     let mut k = c.tenant().as_str().as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(c.name().as_bytes());
@@ -106,14 +114,14 @@ fn wal_prefix(c: &ClusterId) -> Vec<u8> {
     k
 }
 
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VALUE_V1];
     // Serialising our own plain records cannot fail.
     out.extend(serde_json::to_vec(v).unwrap_or_default());
     out
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, CatalogError> {
+pub(super) fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, CatalogError> {
     let damaged = |detail: String| CatalogError::Damaged {
         key: String::from_utf8_lossy(key).replace('\0', "/"),
         detail,
@@ -152,6 +160,9 @@ impl Catalog {
             tenants: db.open_tree("tenants")?,
             clusters: db.open_tree("clusters")?,
             wal: db.open_tree("wal")?,
+            backups: db.open_tree("backups")?,
+            manifest: db.open_tree("manifest")?,
+            sessions: db.open_tree("sessions")?,
             db,
         })
     }
@@ -241,15 +252,20 @@ impl Catalog {
     pub fn dump(&self) -> Result<CatalogDump, CatalogError> {
         let clusters = self.clusters(None)?;
         let mut wal = Vec::new();
+        let mut backups = Vec::new();
         for c in &clusters {
             for w in self.wal_files(&c.id)? {
                 wal.push((c.id.to_string(), w));
+            }
+            for b in self.backups(&c.id)? {
+                backups.push((c.id.to_string(), b));
             }
         }
         Ok(CatalogDump {
             tenants: self.tenants()?,
             clusters,
             wal,
+            backups,
         })
     }
 
@@ -258,6 +274,9 @@ impl Catalog {
         self.tenants.clear()?;
         self.clusters.clear()?;
         self.wal.clear()?;
+        self.backups.clear()?;
+        self.manifest.clear()?;
+        self.sessions.clear()?;
         self.flush()
     }
 }

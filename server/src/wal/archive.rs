@@ -461,6 +461,24 @@ impl WalArchive {
         }
     }
 
+    /// Binds an unbound cluster to `b` (a base backup may come before the first segment);
+    /// returns the binding already held, if any, for the caller to compare.
+    pub fn ensure_binding(
+        &self,
+        cluster: &ClusterId,
+        b: ClusterBinding,
+    ) -> Result<Option<ClusterBinding>, ArchiveError> {
+        let lock = self.lock(cluster);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        match self.cluster_record(cluster)?.binding {
+            Some(held) => Ok(Some(held)),
+            None => {
+                self.bind(cluster, b)?;
+                Ok(None)
+            }
+        }
+    }
+
     /// Records the binding in the storage (for rebuilds) and then the catalog.
     fn bind(&self, cluster: &ClusterId, b: ClusterBinding) -> Result<(), ArchiveError> {
         let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;

@@ -1,0 +1,602 @@
+//! One backup session: the client's file operations applied to the cluster's copy, then the
+//! finish (label, WAL wait, snapshot, catalog). Every method is blocking; an error abandons
+//! the session (dropping it releases the lease and takes no snapshot).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use walvault_proto::manifest::{block_count, block_len, hash_block, BlockHash};
+use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId, BLOCK_SIZE};
+
+use super::files::{self, Owner};
+use super::{label, BackupError, Backups, BeginRequest, Lease, Running};
+use crate::catalog::{BackupKind, BackupRecord, BackupStats, FileEntry};
+use crate::layout::ClusterLayout;
+
+/// Largest file we accept: far beyond PostgreSQL's 1 GiB segments, small enough that a
+/// hostile block index cannot make us write terabytes of holes.
+const MAX_FILE_SIZE: u64 = 1 << 40;
+/// How often the WAL wait looks at the catalog.
+const WAL_POLL: Duration = Duration::from_millis(200);
+
+/// A block as it arrived.
+#[derive(Debug)]
+pub struct IncomingBlock {
+    pub index: u64,
+    pub blake3: BlockHash,
+    pub zstd: bool,
+    pub data: Vec<u8>,
+}
+
+/// One manifest entry for the client.
+#[derive(Debug, Clone)]
+pub struct ManifestItem {
+    pub area: Area,
+    pub path: RelPath,
+    pub entry: FileEntry,
+}
+
+/// What the client sends when pg_backup_stop has returned.
+#[derive(Debug, Clone)]
+pub struct FinishRequest {
+    pub stop_lsn: Lsn,
+    pub stop_unix: i64,
+    pub backup_label: String,
+    pub tablespace_map: String,
+    pub bytes_read: u64,
+    pub files: u64,
+}
+
+#[derive(Debug)]
+struct OpenFile {
+    area: Area,
+    path: RelPath,
+    abs: PathBuf,
+    file: fs::File,
+    mode: u32,
+    old: Option<FileEntry>,
+    received: BTreeMap<u64, (BlockHash, u64)>,
+}
+
+#[derive(Debug)]
+pub struct Session {
+    backups: Backups,
+    cluster: ClusterId,
+    id: String,
+    kind: BackupKind,
+    req: BeginRequest,
+    dirs: BTreeMap<Area, PathBuf>,
+    running: Arc<Running>,
+    _lease: Lease,
+    started: Option<(Lsn, TimelineId, i64)>,
+    open: Option<OpenFile>,
+    /// Files written and directories changed, fsynced before the snapshot.
+    to_sync: BTreeSet<PathBuf>,
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        backups: Backups,
+        cluster: ClusterId,
+        id: String,
+        kind: BackupKind,
+        req: BeginRequest,
+        dirs: BTreeMap<Area, PathBuf>,
+        running: Arc<Running>,
+        lease: Lease,
+    ) -> Self {
+        Self {
+            backups,
+            cluster,
+            id,
+            kind,
+            req,
+            dirs,
+            running,
+            _lease: lease,
+            started: None,
+            open: None,
+            to_sync: BTreeSet::new(),
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn cluster(&self) -> &ClusterId {
+        &self.cluster
+    }
+
+    pub fn block_size(&self) -> u32 {
+        BLOCK_SIZE
+    }
+
+    /// The manifest in (area, path) order. It reads the catalog lazily and may run on another
+    /// thread while this session writes: the client only changes a file after it has been
+    /// given the file's entry.
+    pub fn manifest(&self) -> impl Iterator<Item = Result<ManifestItem, BackupError>> + Send {
+        self.backups.catalog.file_entries(&self.cluster).map(|r| {
+            r.map(|(area, path, entry)| ManifestItem { area, path, entry })
+                .map_err(BackupError::from)
+        })
+    }
+
+    fn protocol(&self, detail: impl Into<String>) -> BackupError {
+        BackupError::Protocol {
+            cluster: self.cluster.clone(),
+            backup: self.id.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn io(&self, context: impl Into<String>) -> impl FnOnce(std::io::Error) -> BackupError {
+        let cluster = self.cluster.clone();
+        let backup = self.id.clone();
+        let context = context.into();
+        move |source| io_error(cluster, backup, context, source)
+    }
+
+    fn stats(&self, f: impl FnOnce(&mut BackupStats)) {
+        f(&mut self.running.stats.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
+    fn root(&self, area: Area) -> Result<&Path, BackupError> {
+        self.dirs.get(&area).map(PathBuf::as_path).ok_or_else(|| {
+            self.protocol(format!("{area} is not a tablespace announced at the start"))
+        })
+    }
+
+    pub fn started(&mut self, start_lsn: Lsn, timeline: TimelineId, start_unix: i64) {
+        *self.running.start.lock().unwrap_or_else(|p| p.into_inner()) = Some((start_lsn, timeline));
+        self.started = Some((start_lsn, timeline, start_unix));
+    }
+
+    /// Starts a file (its blocks follow) or creates a directory.
+    pub fn file(
+        &mut self,
+        area: Area,
+        path: RelPath,
+        mode: u32,
+        directory: bool,
+    ) -> Result<(), BackupError> {
+        if let Some(open) = &self.open {
+            return Err(self.protocol(format!(
+                "{}/{} began before {}/{} ended",
+                area, path, open.area, open.path
+            )));
+        }
+        if area == Area::Data && files::SERVER_FILES.contains(&path.as_str()) {
+            return Err(self.protocol(format!("{path} is written by the server, not sent")));
+        }
+        let abs = self.root(area)?.join(path.as_str());
+        let owner = self.backups.owner;
+        if let Some(parent) = abs.parent() {
+            files::make_dirs(parent, owner)
+                .map_err(self.io(format!("create the directory of {area}/{path}")))?;
+        }
+        let mode = mode & 0o7777;
+        if directory {
+            match fs::symlink_metadata(&abs) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => files::remove(&abs).map_err(self.io(format!("replace {area}/{path}")))?,
+                Err(_) => {}
+            }
+            files::make_dirs(&abs, owner).map_err(self.io(format!("create {area}/{path}")))?;
+            fs::set_permissions(&abs, files::permissions(mode))
+                .map_err(self.io(format!("set the mode of {area}/{path}")))?;
+            let entry = FileEntry {
+                directory: true,
+                mode,
+                ..FileEntry::default()
+            };
+            self.backups
+                .catalog
+                .put_file_entry(&self.cluster, area, &path, &entry, false)?;
+            self.to_sync.insert(abs);
+            return Ok(());
+        }
+        let old = self
+            .backups
+            .catalog
+            .file_entry(&self.cluster, area, &path)?;
+        if fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir()) {
+            files::remove(&abs).map_err(self.io(format!("replace the directory {area}/{path}")))?;
+        }
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&abs)
+            .map_err(self.io(format!("open {area}/{path}")))?;
+        Owner::apply(owner, &abs).map_err(self.io(format!("chown {area}/{path}")))?;
+        self.open = Some(OpenFile {
+            area,
+            path,
+            abs,
+            file,
+            mode,
+            old: old.filter(|e| !e.directory),
+            received: BTreeMap::new(),
+        });
+        Ok(())
+    }
+
+    /// Writes blocks of the open file in place, each checked against its blake3.
+    pub fn blocks(
+        &mut self,
+        blocks: Vec<IncomingBlock>,
+        wire_bytes: u64,
+    ) -> Result<(), BackupError> {
+        let Some(open) = self.open.as_mut() else {
+            return Err(self.protocol("blocks arrived outside a file"));
+        };
+        let mut written = 0u64;
+        let mut count = 0u64;
+        for b in blocks {
+            let data = if b.zstd {
+                decompress_block(&b.data).ok_or_else(|| BackupError::Protocol {
+                    cluster: self.cluster.clone(),
+                    backup: self.id.clone(),
+                    detail: format!(
+                        "block {} of {}/{} is not a zstd frame of at most {BLOCK_SIZE} bytes",
+                        b.index, open.area, open.path
+                    ),
+                })?
+            } else {
+                b.data
+            };
+            let too_far = b.index >= MAX_FILE_SIZE / u64::from(BLOCK_SIZE);
+            if data.is_empty() || data.len() > BLOCK_SIZE as usize || too_far {
+                return Err(BackupError::Protocol {
+                    cluster: self.cluster.clone(),
+                    backup: self.id.clone(),
+                    detail: format!(
+                        "block {} of {}/{} has {} bytes; blocks have 1 to {BLOCK_SIZE} bytes and \
+                         files at most {MAX_FILE_SIZE}",
+                        b.index,
+                        open.area,
+                        open.path,
+                        data.len()
+                    ),
+                });
+            }
+            if hash_block(&data) != b.blake3 {
+                return Err(BackupError::BlockChecksumMismatch {
+                    cluster: self.cluster.clone(),
+                    backup: self.id.clone(),
+                    file: format!("{}/{}", open.area, open.path),
+                    index: b.index,
+                });
+            }
+            open.file
+                .write_all_at(&data, b.index * u64::from(BLOCK_SIZE))
+                .map_err(|source| {
+                    io_error(
+                        self.cluster.clone(),
+                        self.id.clone(),
+                        format!("write block {} of {}/{}", b.index, open.area, open.path),
+                        source,
+                    )
+                })?;
+            open.received.insert(b.index, (b.blake3, data.len() as u64));
+            written += data.len() as u64;
+            count += 1;
+        }
+        self.stats(|s| {
+            s.bytes_sent += wire_bytes;
+            s.bytes_written += written;
+            s.blocks_written += count;
+        });
+        Ok(())
+    }
+
+    /// Ends the open file at `size`: blocks not sent must be ones the manifest already held.
+    pub fn file_end(&mut self, size: u64) -> Result<(), BackupError> {
+        let Some(open) = self.open.take() else {
+            return Err(self.protocol("a file ended that had not begun"));
+        };
+        let name = format!("{}/{}", open.area, open.path);
+        if size > MAX_FILE_SIZE {
+            return Err(self.protocol(format!("{name} claims {size} bytes")));
+        }
+        let count = block_count(size);
+        let mut hashes = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let want = block_len(size, i);
+            let hash = match open.received.get(&i) {
+                Some((h, len)) if *len == want => *h,
+                Some((_, len)) => return Err(self.protocol(format!(
+                    "block {i} of {name} has {len} bytes, but a file of {size} bytes needs {want}"
+                ))),
+                None => match &open.old {
+                    Some(old)
+                        if (i as usize) < old.hashes.len() && block_len(old.size, i) == want =>
+                    {
+                        old.hashes[i as usize]
+                    }
+                    _ => {
+                        return Err(self.protocol(format!(
+                            "block {i} of {name} was not sent and the server does not hold it"
+                        )))
+                    }
+                },
+            };
+            hashes.push(hash);
+        }
+        if let Some(i) = open.received.keys().find(|i| **i >= count) {
+            return Err(self.protocol(format!(
+                "block {i} of {name} lies past its end ({size} bytes)"
+            )));
+        }
+        open.file
+            .set_len(size)
+            .and_then(|()| open.file.set_permissions(files::permissions(open.mode)))
+            .map_err(self.io(format!("set the size of {name}")))?;
+        let entry = FileEntry {
+            directory: false,
+            mode: open.mode,
+            size,
+            hashes,
+        };
+        self.backups
+            .catalog
+            .put_file_entry(&self.cluster, open.area, &open.path, &entry, false)?;
+        if let Some(parent) = open.abs.parent() {
+            if open.old.is_none() {
+                self.to_sync.insert(parent.to_owned());
+            }
+        }
+        self.to_sync.insert(open.abs);
+        self.stats(|s| s.files_changed += 1);
+        Ok(())
+    }
+
+    /// Removes a file or directory the database no longer has.
+    pub fn delete(&mut self, area: Area, path: RelPath) -> Result<(), BackupError> {
+        if self.open.is_some() {
+            return Err(self.protocol(format!("{area}/{path} deleted while a file was open")));
+        }
+        let abs = self.root(area)?.join(path.as_str());
+        files::remove(&abs).map_err(self.io(format!("remove {area}/{path}")))?;
+        self.backups
+            .catalog
+            .remove_file_entries(&self.cluster, area, &path)?;
+        if let Some(parent) = abs.parent() {
+            self.to_sync.insert(parent.to_owned());
+        }
+        self.stats(|s| s.files_deleted += 1);
+        Ok(())
+    }
+
+    /// Completes the backup: label files, WAL wait, snapshot, catalog.
+    pub fn finish(mut self, f: FinishRequest) -> Result<BackupRecord, BackupError> {
+        if let Some(open) = &self.open {
+            return Err(self.protocol(format!(
+                "finished while {}/{} was open",
+                open.area, open.path
+            )));
+        }
+        let Some((start_lsn, timeline, start_unix)) = self.started else {
+            return Err(self.protocol("finished without pg_backup_start's position"));
+        };
+        let lbl = label::parse(&f.backup_label).map_err(|e| self.protocol(e))?;
+        if lbl.start_lsn != start_lsn || lbl.timeline != timeline {
+            return Err(self.protocol(format!(
+                "backup_label starts at {} on timeline {}, but pg_backup_start gave {} on {}",
+                lbl.start_lsn, lbl.timeline, start_lsn, timeline
+            )));
+        }
+        if f.stop_lsn < start_lsn {
+            return Err(self.protocol(format!(
+                "stop LSN {} lies before start LSN {start_lsn}",
+                f.stop_lsn
+            )));
+        }
+        self.sync_written()?;
+        self.write_label_files(&f)?;
+        self.wait_for_wal(timeline, &lbl, f.stop_lsn)?;
+
+        let mut stats = *self.running.stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.bytes_read = f.bytes_read;
+        stats.files = f.files;
+        stats.duration_ms = self.running.started.elapsed().as_millis() as u64;
+        let record = BackupRecord {
+            id: self.id.clone(),
+            kind: self.kind,
+            label: self.req.label.clone(),
+            host: self.req.host.clone(),
+            start_lsn,
+            stop_lsn: f.stop_lsn,
+            timeline,
+            start_unix,
+            stop_unix: f.stop_unix,
+            stats,
+        };
+        self.snapshot(&record)?;
+        self.backups.catalog.put_backup(&self.cluster, &record)?;
+        self.backups.catalog.close_session(&self.cluster)?;
+        tracing::info!(
+            cluster = %self.cluster, backup = %self.id, kind = self.kind.as_str(),
+            start_lsn = %start_lsn, stop_lsn = %f.stop_lsn,
+            bytes_read = stats.bytes_read, bytes_sent = stats.bytes_sent,
+            bytes_written = stats.bytes_written, duration_ms = stats.duration_ms,
+            "backup complete"
+        );
+        Ok(record)
+    }
+
+    /// fsyncs what this session wrote, so the manifest entries become true on disk.
+    fn sync_written(&mut self) -> Result<(), BackupError> {
+        for path in std::mem::take(&mut self.to_sync) {
+            match fs::File::open(&path) {
+                Ok(f) => f
+                    .sync_all()
+                    .map_err(self.io(format!("fsync {}", path.display())))?,
+                // Removed by a later delete of its directory.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(self.io(format!("open {}", path.display()))(e)),
+            }
+        }
+        self.backups.catalog.sync()?;
+        Ok(())
+    }
+
+    /// backup_label tells recovery where to start; tablespace_map where tablespaces live.
+    fn write_label_files(&self, f: &FinishRequest) -> Result<(), BackupError> {
+        let data = self.root(Area::Data)?.to_owned();
+        let owner = self.backups.owner;
+        files::write_durably(&data.join("backup_label"), f.backup_label.as_bytes(), owner)
+            .map_err(self.io("write backup_label"))?;
+        let map = data.join("tablespace_map");
+        if f.tablespace_map.trim().is_empty() {
+            files::remove(&map).map_err(self.io("remove an old tablespace_map"))?;
+        } else {
+            files::write_durably(&map, f.tablespace_map.as_bytes(), owner)
+                .map_err(self.io("write tablespace_map"))?;
+        }
+        Ok(())
+    }
+
+    fn wait_for_wal(
+        &self,
+        timeline: TimelineId,
+        lbl: &label::BackupLabel,
+        stop: Lsn,
+    ) -> Result<(), BackupError> {
+        let seg = self.req.binding.wal_segment_size;
+        let needed = label::needed_segments(timeline, lbl.start_lsn, stop, seg);
+        let began = Instant::now();
+        for name in needed {
+            loop {
+                if self
+                    .backups
+                    .catalog
+                    .wal_file(&self.cluster, &name)?
+                    .is_some()
+                {
+                    break;
+                }
+                if began.elapsed() >= self.backups.wal_wait {
+                    return Err(BackupError::WalMissing {
+                        cluster: self.cluster.clone(),
+                        backup: self.id.clone(),
+                        segment: name,
+                        stop_lsn: stop,
+                        waited_secs: began.elapsed().as_secs(),
+                    });
+                }
+                std::thread::sleep(WAL_POLL);
+            }
+        }
+        tracing::debug!(cluster = %self.cluster, backup = %self.id, waited_ms = began.elapsed().as_millis(), "archive holds the backup's WAL");
+        Ok(())
+    }
+
+    /// One atomic recursive snapshot of `db`, carrying what the catalog needs to be rebuilt.
+    fn snapshot(&self, r: &BackupRecord) -> Result<(), BackupError> {
+        let l = ClusterLayout::of(&self.cluster)
+            .map_err(Backups::storage_err(&self.cluster, "name datasets"))?;
+        let props = snapshot_properties(r);
+        self.backups
+            .storage
+            .snapshot(&l.db, &r.id, true, &props)
+            .map_err(Backups::storage_err(
+                &self.cluster,
+                format!("snapshot backup {}", r.id),
+            ))
+    }
+}
+
+/// The `walvault:*` properties of a backup's snapshots (DESIGN §4).
+pub fn snapshot_properties(r: &BackupRecord) -> BTreeMap<String, String> {
+    use crate::layout::backup_props as p;
+    let label: String = r
+        .label
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(200)
+        .collect();
+    let s = &r.stats;
+    [
+        (p::BACKUP, r.id.clone()),
+        (p::KIND, r.kind.as_str().to_owned()),
+        (p::LABEL, label),
+        (
+            p::HOST,
+            r.host
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(200)
+                .collect(),
+        ),
+        (p::START_LSN, r.start_lsn.to_string()),
+        (p::STOP_LSN, r.stop_lsn.to_string()),
+        (p::TIMELINE, r.timeline.to_string()),
+        (p::START_TIME, r.start_unix.to_string()),
+        (p::STOP_TIME, r.stop_unix.to_string()),
+        // Not replayed yet: consistent once recovery passes the stop LSN (roll-forward).
+        (p::CONSISTENT, "false".to_owned()),
+        (p::VERIFIED, "false".to_owned()),
+        (
+            p::STATS,
+            format!(
+                "{},{},{},{},{},{},{},{}",
+                s.bytes_read,
+                s.bytes_sent,
+                s.bytes_written,
+                s.blocks_written,
+                s.files,
+                s.files_changed,
+                s.files_deleted,
+                s.duration_ms
+            ),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+/// A write the quota (EDQUOT) or a full pool (ENOSPC) refused is the tenant's quota problem.
+fn io_error(
+    cluster: ClusterId,
+    backup: String,
+    context: String,
+    source: std::io::Error,
+) -> BackupError {
+    const EDQUOT: i32 = 122;
+    const ENOSPC: i32 = 28;
+    match source.raw_os_error() {
+        Some(EDQUOT | ENOSPC) => BackupError::QuotaExceeded {
+            tenant: cluster.tenant().clone(),
+            cluster,
+            backup,
+        },
+        _ => BackupError::Io {
+            cluster,
+            backup,
+            context,
+            source,
+        },
+    }
+}
+
+/// Decompresses one block, refusing anything that would grow past a block.
+fn decompress_block(data: &[u8]) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::with_capacity(BLOCK_SIZE as usize);
+    let decoder = zstd::stream::read::Decoder::new(data).ok()?;
+    decoder
+        .take(u64::from(BLOCK_SIZE) + 1)
+        .read_to_end(&mut out)
+        .ok()?;
+    (out.len() <= BLOCK_SIZE as usize).then_some(out)
+}

@@ -1,0 +1,347 @@
+//! Backups and the block manifest of each cluster's live PGDATA copy.
+//!
+//! The manifest describes what the cluster's `data` and `tblspc/<oid>` datasets hold right
+//! now: per file, its size, mode and the blake3 of every block. A backup session records
+//! that it is open (durably) before it writes anything; entries it changes are flushed
+//! lazily. If the session does not finish, the next one re-hashes every file modified since
+//! the open session began (see `backup::files::reconcile`), so a stale entry is never trusted.
+//!
+//! Keys: `tenant \0 cluster \0 area \0 path`, so one cluster's manifest iterates in the
+//! (area, path) byte order both sides of the wire agree on. Values: the format byte, a
+//! big-endian u32 length, the JSON of the entry without hashes, then the raw hashes.
+
+use serde::{Deserialize, Serialize};
+use walvault_proto::manifest::{split_hashes, BlockHash, HASH_LEN};
+use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId};
+
+use super::{cluster_key, decode, encode, Catalog, CatalogError, VALUE_V1};
+
+/// One completed backup: a recursive snapshot of the cluster's `db` dataset.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub id: String,
+    pub kind: BackupKind,
+    pub label: String,
+    pub host: String,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+    pub timeline: TimelineId,
+    pub start_unix: i64,
+    pub stop_unix: i64,
+    pub stats: BackupStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupKind {
+    /// The first complete backup of a cluster.
+    Full,
+    /// Only what changed since the cluster's copy was last written.
+    Incremental,
+}
+
+impl BackupKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+        }
+    }
+}
+
+impl std::str::FromStr for BackupKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(BackupKind::Full),
+            "incremental" => Ok(BackupKind::Incremental),
+            other => Err(format!("{other:?} is not a backup kind")),
+        }
+    }
+}
+
+/// What a backup cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStats {
+    /// Bytes the client read on the database host.
+    pub bytes_read: u64,
+    /// Block bytes that crossed the network, as sent (compressed).
+    pub bytes_sent: u64,
+    /// Uncompressed bytes written into the datasets.
+    pub bytes_written: u64,
+    pub blocks_written: u64,
+    pub files: u64,
+    pub files_changed: u64,
+    pub files_deleted: u64,
+    pub duration_ms: u64,
+}
+
+/// A backup session that has begun writing into the cluster's datasets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSession {
+    pub backup_id: String,
+    pub started_unix: i64,
+}
+
+/// What the manifest holds for one file or directory.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct FileEntry {
+    pub directory: bool,
+    pub mode: u32,
+    pub size: u64,
+    pub hashes: Vec<BlockHash>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileEntryHead {
+    directory: bool,
+    mode: u32,
+    size: u64,
+}
+
+fn backup_key(c: &ClusterId, id: &str) -> Vec<u8> {
+    let mut k = cluster_key(c);
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn cluster_prefix(c: &ClusterId) -> Vec<u8> {
+    let mut k = cluster_key(c);
+    k.push(0);
+    k
+}
+
+fn manifest_key(c: &ClusterId, area: Area, path: &str) -> Vec<u8> {
+    let mut k = cluster_prefix(c);
+    k.extend_from_slice(area.to_string().as_bytes());
+    k.push(0);
+    k.extend_from_slice(path.as_bytes());
+    k
+}
+
+fn encode_entry(e: &FileEntry) -> Vec<u8> {
+    let head = serde_json::to_vec(&FileEntryHead {
+        directory: e.directory,
+        mode: e.mode,
+        size: e.size,
+    })
+    .unwrap_or_default();
+    let mut out = Vec::with_capacity(5 + head.len() + e.hashes.len() * HASH_LEN);
+    out.push(VALUE_V1);
+    out.extend_from_slice(&(head.len() as u32).to_be_bytes());
+    out.extend_from_slice(&head);
+    for h in &e.hashes {
+        out.extend_from_slice(h);
+    }
+    out
+}
+
+fn decode_entry(key: &[u8], v: &[u8]) -> Result<FileEntry, CatalogError> {
+    let damaged = |detail: &str| CatalogError::Damaged {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        detail: detail.to_owned(),
+    };
+    let (&format, rest) = v.split_first().ok_or_else(|| damaged("empty value"))?;
+    if format != VALUE_V1 || rest.len() < 4 {
+        return Err(damaged("unknown value format"));
+    }
+    let (len, rest) = rest.split_at(4);
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if rest.len() < len {
+        return Err(damaged("truncated"));
+    }
+    let (head, hashes) = rest.split_at(len);
+    let head: FileEntryHead = serde_json::from_slice(head).map_err(|e| damaged(&e.to_string()))?;
+    let hashes = split_hashes(hashes).ok_or_else(|| damaged("hashes cut short"))?;
+    Ok(FileEntry {
+        directory: head.directory,
+        mode: head.mode,
+        size: head.size,
+        hashes,
+    })
+}
+
+fn split_manifest_key(prefix_len: usize, key: &[u8]) -> Option<(Area, RelPath)> {
+    let rest = std::str::from_utf8(key.get(prefix_len..)?).ok()?;
+    let (area, path) = rest.split_once('\0')?;
+    Some((area.parse().ok()?, path.parse().ok()?))
+}
+
+impl Catalog {
+    pub fn put_backup(&self, cluster: &ClusterId, b: &BackupRecord) -> Result<(), CatalogError> {
+        self.backups.insert(backup_key(cluster, &b.id), encode(b))?;
+        self.flush()
+    }
+
+    /// A cluster's backups, oldest first (ids sort by time).
+    pub fn backups(&self, cluster: &ClusterId) -> Result<Vec<BackupRecord>, CatalogError> {
+        self.backups
+            .scan_prefix(cluster_prefix(cluster))
+            .map(|kv| {
+                let (k, v) = kv?;
+                decode(&k, &v)
+            })
+            .collect()
+    }
+
+    pub fn file_entry(
+        &self,
+        cluster: &ClusterId,
+        area: Area,
+        path: &RelPath,
+    ) -> Result<Option<FileEntry>, CatalogError> {
+        let key = manifest_key(cluster, area, path.as_str());
+        self.manifest
+            .get(&key)?
+            .map(|v| decode_entry(&key, &v))
+            .transpose()
+    }
+
+    /// Stores an entry; `durable` flushes before returning.
+    pub fn put_file_entry(
+        &self,
+        cluster: &ClusterId,
+        area: Area,
+        path: &RelPath,
+        entry: &FileEntry,
+        durable: bool,
+    ) -> Result<(), CatalogError> {
+        self.manifest.insert(
+            manifest_key(cluster, area, path.as_str()),
+            encode_entry(entry),
+        )?;
+        if durable {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Removes an entry and, for a directory, every entry inside it.
+    pub fn remove_file_entries(
+        &self,
+        cluster: &ClusterId,
+        area: Area,
+        path: &RelPath,
+    ) -> Result<(), CatalogError> {
+        self.manifest
+            .remove(manifest_key(cluster, area, path.as_str()))?;
+        let inside = manifest_key(cluster, area, &format!("{path}/"));
+        let mut batch = sled::Batch::default();
+        for k in self.manifest.scan_prefix(&inside).keys() {
+            batch.remove(k?);
+        }
+        self.manifest.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// The cluster's manifest in (area, path) order, lazily.
+    pub fn file_entries(
+        &self,
+        cluster: &ClusterId,
+    ) -> impl Iterator<Item = Result<(Area, RelPath, FileEntry), CatalogError>> {
+        let prefix = cluster_prefix(cluster);
+        let prefix_len = prefix.len();
+        self.manifest.scan_prefix(prefix).map(move |kv| {
+            let (k, v) = kv?;
+            let (area, path) =
+                split_manifest_key(prefix_len, &k).ok_or_else(|| CatalogError::Damaged {
+                    key: String::from_utf8_lossy(&k).replace('\0', "/"),
+                    detail: "not an area and path".into(),
+                })?;
+            Ok((area, path, decode_entry(&k, &v)?))
+        })
+    }
+
+    /// Forgets a cluster's manifest (the next backup then re-sends everything).
+    pub fn clear_file_entries(&self, cluster: &ClusterId) -> Result<(), CatalogError> {
+        let mut batch = sled::Batch::default();
+        for k in self.manifest.scan_prefix(cluster_prefix(cluster)).keys() {
+            batch.remove(k?);
+        }
+        self.manifest.apply_batch(batch)?;
+        self.flush()
+    }
+
+    /// Records (durably) that a backup session of the cluster has begun writing.
+    pub fn open_session(&self, cluster: &ClusterId, s: &OpenSession) -> Result<(), CatalogError> {
+        self.sessions.insert(cluster_key(cluster), encode(s))?;
+        self.flush()
+    }
+
+    /// The session that began writing and has not finished, if any.
+    pub fn open_session_of(
+        &self,
+        cluster: &ClusterId,
+    ) -> Result<Option<OpenSession>, CatalogError> {
+        let key = cluster_key(cluster);
+        self.sessions
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    pub fn close_session(&self, cluster: &ClusterId) -> Result<(), CatalogError> {
+        self.sessions.remove(cluster_key(cluster))?;
+        self.flush()
+    }
+
+    /// Makes earlier non-durable writes durable.
+    pub fn sync(&self) -> Result<(), CatalogError> {
+        self.flush()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_round_trips_in_wire_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let cat = Catalog::open(&dir.path().join("cat")).unwrap();
+        let c: ClusterId = "acme/db".parse().unwrap();
+        let other: ClusterId = "acme/db2".parse().unwrap();
+        let e = |n: u8| FileEntry {
+            directory: false,
+            mode: 0o600,
+            size: 9000,
+            hashes: vec![[n; 32], [n + 1; 32]],
+        };
+        let p = |s: &str| s.parse::<RelPath>().unwrap();
+        cat.put_file_entry(&c, Area::Tablespace(16384), &p("PG_15/5/1"), &e(1), false)
+            .unwrap();
+        cat.put_file_entry(&c, Area::Data, &p("base/1/1259"), &e(2), true)
+            .unwrap();
+        cat.put_file_entry(
+            &c,
+            Area::Data,
+            &p("base"),
+            &FileEntry {
+                directory: true,
+                ..FileEntry::default()
+            },
+            true,
+        )
+        .unwrap();
+        cat.put_file_entry(&other, Area::Data, &p("base"), &e(3), true)
+            .unwrap();
+        let got: Vec<_> = cat.file_entries(&c).map(|r| r.unwrap()).collect();
+        let keys: Vec<_> = got
+            .iter()
+            .map(|(a, p, _)| (*a, p.as_str().to_owned()))
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                (Area::Data, "base".to_owned()),
+                (Area::Data, "base/1/1259".to_owned()),
+                (Area::Tablespace(16384), "PG_15/5/1".to_owned()),
+            ]
+        );
+        assert_eq!(got[1].2, e(2));
+        cat.remove_file_entries(&c, Area::Data, &p("base")).unwrap();
+        assert_eq!(cat.file_entries(&c).count(), 1);
+        assert_eq!(cat.file_entries(&other).count(), 1);
+    }
+}
