@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on an embedded default: a file-backed ZFS pool, the walvault server on it, and a
 # PostgreSQL 15 cluster whose archive_command sends its WAL to the server over mutual TLS.
-# Shows what arrived, fetches one segment back and compares it, then cleans everything up
+# Shows what arrived, fetches one segment back and compares it, takes a full and an
+# incremental base backup (one ZFS snapshot each), then cleans everything up
 # (KEEP=1 leaves it all running and prints how to stop it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -90,6 +91,14 @@ zfs list -r -o name,used,compressratio,mountpoint "$pool/walvault"
 step "fetch $last back and compare with pg_wal/$last"
 "$bin/walvault" --config "$work/etc/agent.toml" wal-fetch "$last" "$work/fetched"
 cmp "$work/fetched" "$work/pg/pg_wal/$last" && echo "byte-identical"
+
+step "walvault backup: a full base backup, 5 s of pgbench, then an incremental one"
+backup() { runuser -u postgres -- "$bin/walvault" --config "$work/etc/agent.toml" backup --quiet --conninfo "host=$work/sock port=$port user=postgres"; }
+backup
+runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -T 5 -c 2 postgres 2>&1 | grep -E '^tps'
+backup
+"$bin/walvault" --config "$work/etc/agent.toml" backups
+zfs list -r -t snapshot -o name,used,written,createtxg "$pool/walvault/demo/main/db"
 
 if [ "${KEEP:-0}" = 1 ]; then
     echo; echo "left running in $work (server pid $server_pid, PostgreSQL on $work/sock port $port, pool $pool)"

@@ -232,8 +232,13 @@ fn main() -> ExitCode {
                 eprintln!("skipped {s}");
             }
             println!(
-                "rebuilt the catalog: {} tenants, {} clusters, {} WAL files",
-                report.tenants, report.clusters, report.wal_files
+                "rebuilt the catalog: {} tenants, {} clusters, {} WAL files, {} backups, {} files \
+                 hashed into block manifests",
+                report.tenants,
+                report.clusters,
+                report.wal_files,
+                report.backups,
+                report.manifest_files
             );
             Ok(())
         })(),

@@ -13,6 +13,7 @@
 
 pub mod files;
 pub mod label;
+pub mod props;
 mod session;
 
 use std::collections::{BTreeMap, HashMap};

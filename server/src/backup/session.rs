@@ -313,9 +313,11 @@ impl Session {
             let want = block_len(size, i);
             let hash = match open.received.get(&i) {
                 Some((h, len)) if *len == want => *h,
-                Some((_, len)) => return Err(self.protocol(format!(
+                Some((_, len)) => {
+                    return Err(self.protocol(format!(
                     "block {i} of {name} has {len} bytes, but a file of {size} bytes needs {want}"
-                ))),
+                )))
+                }
                 None => match &open.old {
                     Some(old)
                         if (i as usize) < old.hashes.len() && block_len(old.size, i) == want =>
@@ -504,7 +506,7 @@ impl Session {
     fn snapshot(&self, r: &BackupRecord) -> Result<(), BackupError> {
         let l = ClusterLayout::of(&self.cluster)
             .map_err(Backups::storage_err(&self.cluster, "name datasets"))?;
-        let props = snapshot_properties(r);
+        let props = super::props::snapshot_properties(r);
         self.backups
             .storage
             .snapshot(&l.db, &r.id, true, &props)
@@ -513,56 +515,6 @@ impl Session {
                 format!("snapshot backup {}", r.id),
             ))
     }
-}
-
-/// The `walvault:*` properties of a backup's snapshots (DESIGN §4).
-pub fn snapshot_properties(r: &BackupRecord) -> BTreeMap<String, String> {
-    use crate::layout::backup_props as p;
-    let label: String = r
-        .label
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(200)
-        .collect();
-    let s = &r.stats;
-    [
-        (p::BACKUP, r.id.clone()),
-        (p::KIND, r.kind.as_str().to_owned()),
-        (p::LABEL, label),
-        (
-            p::HOST,
-            r.host
-                .chars()
-                .filter(|c| !c.is_control())
-                .take(200)
-                .collect(),
-        ),
-        (p::START_LSN, r.start_lsn.to_string()),
-        (p::STOP_LSN, r.stop_lsn.to_string()),
-        (p::TIMELINE, r.timeline.to_string()),
-        (p::START_TIME, r.start_unix.to_string()),
-        (p::STOP_TIME, r.stop_unix.to_string()),
-        // Not replayed yet: consistent once recovery passes the stop LSN (roll-forward).
-        (p::CONSISTENT, "false".to_owned()),
-        (p::VERIFIED, "false".to_owned()),
-        (
-            p::STATS,
-            format!(
-                "{},{},{},{},{},{},{},{}",
-                s.bytes_read,
-                s.bytes_sent,
-                s.bytes_written,
-                s.blocks_written,
-                s.files,
-                s.files_changed,
-                s.files_deleted,
-                s.duration_ms
-            ),
-        ),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect()
 }
 
 /// A write the quota (EDQUOT) or a full pool (ENOSPC) refused is the tenant's quota problem.

@@ -1,5 +1,7 @@
 //! Rebuilding the catalog from the storage alone: datasets and their `walvault:*` properties
-//! give tenants and clusters, the archived files' own metadata frames give the WAL entries.
+//! give tenants and clusters, the archived files' own metadata frames give the WAL entries,
+//! the properties of `db` snapshots give the backups, and hashing the live PGDATA copy gives
+//! the block manifest.
 //! Datasets without our properties are left alone and reported.
 
 use std::collections::BTreeMap;
@@ -36,6 +38,9 @@ pub struct RebuildReport {
     pub tenants: usize,
     pub clusters: usize,
     pub wal_files: usize,
+    pub backups: usize,
+    /// Files hashed into block manifests.
+    pub manifest_files: u64,
     /// Things that were skipped, one line each.
     pub skipped: Vec<String>,
 }
@@ -130,6 +135,59 @@ fn rebuild_clusters(
         })?;
         report.clusters += 1;
         rebuild_wal(catalog, storage, &id, report)?;
+        rebuild_backups(catalog, storage, &id, report)?;
+    }
+    Ok(())
+}
+
+fn rebuild_backups(
+    catalog: &Catalog,
+    storage: &dyn Storage,
+    cluster: &ClusterId,
+    report: &mut RebuildReport,
+) -> Result<(), RebuildError> {
+    use crate::backup::{files, props};
+    use walvault_proto::Area;
+    let l = ClusterLayout::of(cluster).map_err(st("name cluster datasets"))?;
+    for snap in storage
+        .snapshots(&l.db)
+        .map_err(st(format!("list the backups of {cluster}")))?
+    {
+        match props::record_from_properties(&snap.properties) {
+            Some(record) => {
+                catalog.put_backup(cluster, &record)?;
+                report.backups += 1;
+            }
+            None => report.skipped.push(format!(
+                "snapshot {}@{}: not a walvault backup",
+                l.db, snap.name
+            )),
+        }
+    }
+    let mut areas = vec![(Area::Data, l.data.clone())];
+    for child in storage
+        .children(&l.tablespaces)
+        .map_err(st(format!("list the tablespaces of {cluster}")))?
+    {
+        if let Ok(oid) = child.parse::<u32>() {
+            let ds = l
+                .tablespaces
+                .join(&child)
+                .map_err(st("name a tablespace dataset"))?;
+            areas.push((Area::Tablespace(oid), ds));
+        }
+    }
+    for (area, ds) in areas {
+        let root = storage
+            .mountpoint(&ds)
+            .map_err(st(format!("find dataset {ds}")))?;
+        let done = files::reconcile(catalog, cluster, area, &root, None).map_err(|e| {
+            RebuildError::Io {
+                context: format!("hash the copy of {cluster} ({area})"),
+                source: std::io::Error::other(e.to_string()),
+            }
+        })?;
+        report.manifest_files += done.rehashed;
     }
     Ok(())
 }
