@@ -15,6 +15,8 @@ pub mod files;
 pub mod label;
 pub mod props;
 mod session;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -271,6 +273,7 @@ impl Backups {
         let dirs = self.prepare_datasets(&cluster, &req.tablespaces)?;
 
         if let Some(open) = self.catalog.open_session_of(&cluster)? {
+            self.adopt_snapshot(&cluster, &open.backup_id)?;
             // The clock may have been a little behind when the files were written.
             let since = open.started_unix - 2;
             for (area, root) in &dirs {
@@ -300,6 +303,25 @@ impl Backups {
             running,
             lease,
         ))
+    }
+
+    /// A session that took its snapshot but stopped before cataloguing it (the server died
+    /// in between) still made a complete backup: the snapshot's properties say so.
+    fn adopt_snapshot(&self, cluster: &ClusterId, id: &str) -> Result<(), BackupError> {
+        let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;
+        let snapshots = self
+            .storage
+            .snapshots(&l.db)
+            .map_err(Self::storage_err(cluster, "list backups"))?;
+        let record = snapshots
+            .iter()
+            .filter(|s| s.name == id)
+            .find_map(|s| props::record_from_properties(&s.properties));
+        if let Some(record) = record {
+            tracing::info!(%cluster, backup = id, "catalogued a backup whose snapshot was taken before the server stopped");
+            self.catalog.put_backup(cluster, &record)?;
+        }
+        Ok(())
     }
 
     fn lease(
@@ -519,18 +541,5 @@ impl Backups {
             }
         }
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::utc_stamp;
-
-    #[test]
-    fn stamps_are_utc_and_sortable() {
-        assert_eq!(utc_stamp(0), "19700101T000000Z");
-        assert_eq!(utc_stamp(951_782_400), "20000229T000000Z");
-        assert_eq!(utc_stamp(1_795_350_896), "20261122T123456Z");
-        assert!(utc_stamp(1_795_350_896) < utc_stamp(1_795_350_897));
     }
 }

@@ -1,0 +1,254 @@
+//! Sessions against the `dir` backend and a temporary catalog: the protocol rules the
+//! end-to-end tests cannot reach with a well-behaved client.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use walvault_proto::manifest::hash_block;
+use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId, WalFileName};
+
+use super::*;
+use crate::catalog::{ClusterBinding, WalRecord};
+use crate::storage::dir::DirStorage;
+use crate::tenancy::Tenancy;
+
+const SEG: u32 = 16 << 20;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    backups: Backups,
+    catalog: Catalog,
+    cluster: ClusterId,
+    data: std::path::PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let storage: Arc<dyn Storage> = Arc::new(DirStorage::open(&dir.path().join("store")).unwrap());
+    let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
+    let tenancy = Tenancy::new(storage.clone(), catalog.clone());
+    tenancy
+        .create_tenant(&"acme".parse().unwrap(), None, false)
+        .unwrap();
+    let cluster: ClusterId = "acme/db".parse().unwrap();
+    tenancy.create_cluster(&cluster).unwrap();
+    let archive = WalArchive::new(storage.clone(), catalog.clone());
+    let backups = Backups::new(
+        storage.clone(),
+        catalog.clone(),
+        archive,
+        "nobody-here",
+        Duration::from_millis(300),
+    );
+    let data = storage
+        .mountpoint(&ClusterLayout::of(&cluster).unwrap().data)
+        .unwrap();
+    Fixture {
+        _dir: dir,
+        backups,
+        catalog,
+        cluster,
+        data,
+    }
+}
+
+fn begin(f: &Fixture) -> Result<Session, BackupError> {
+    f.backups.begin(BeginRequest {
+        cluster: f.cluster.clone(),
+        binding: ClusterBinding {
+            system_identifier: 42,
+            wal_segment_size: SEG,
+            pg_major: 15,
+        },
+        label: "t".into(),
+        tablespaces: vec![],
+        host: "h".into(),
+    })
+}
+
+fn block(index: u64, data: &[u8]) -> IncomingBlock {
+    IncomingBlock {
+        index,
+        blake3: hash_block(data),
+        zstd: false,
+        data: data.to_vec(),
+    }
+}
+
+fn path(s: &str) -> RelPath {
+    s.parse().unwrap()
+}
+
+fn label(start: Lsn) -> String {
+    format!(
+        "START WAL LOCATION: {start} (file {})\nCHECKPOINT LOCATION: {start}\nSTART TIMELINE: 1\n",
+        WalFileName::segment(TimelineId(1), start.0 / u64::from(SEG), SEG)
+    )
+}
+
+fn finish(s: Session, start: Lsn) -> Result<crate::catalog::BackupRecord, BackupError> {
+    s.finish(FinishRequest {
+        stop_lsn: Lsn(start.0 + 0x100),
+        stop_unix: 2,
+        backup_label: label(start),
+        tablespace_map: String::new(),
+        bytes_read: 3,
+        files: 1,
+    })
+}
+
+fn archive_segment(f: &Fixture, start: Lsn) {
+    let name = WalFileName::segment(TimelineId(1), start.0 / u64::from(SEG), SEG);
+    f.catalog
+        .put_wal(
+            &f.cluster,
+            &WalRecord {
+                name: name.to_string(),
+                size: 1,
+                stored_size: 1,
+                blake3: String::new(),
+                archived_unix: 0,
+            },
+        )
+        .unwrap();
+}
+
+#[test]
+fn a_backup_writes_blocks_in_place_and_the_next_sends_only_changes() {
+    let f = fixture();
+    let start = Lsn(0x2000028);
+    let mut s = begin(&f).unwrap();
+    // A second backup of the same cluster is refused while the first runs, naming it.
+    let err = begin(&f).unwrap_err().to_string();
+    assert!(
+        err.contains(s.id()) && err.contains("already running"),
+        "{err}"
+    );
+    s.started(start, TimelineId(1), 1);
+    s.file(Area::Data, path("base/1/100"), 0o600, false)
+        .unwrap();
+    s.blocks(vec![block(0, &[1; 8192]), block(1, &[2; 100])], 8292)
+        .unwrap();
+    s.file_end(8292).unwrap();
+    // The WAL is not archived: the wait ends with an error naming the segment.
+    let err = finish(s, start).unwrap_err().to_string();
+    assert!(err.contains("000000010000000000000002"), "{err}");
+    assert!(f.catalog.backups(&f.cluster).unwrap().is_empty());
+
+    archive_segment(&f, start);
+    let mut s = begin(&f).unwrap();
+    s.started(start, TimelineId(1), 1);
+    // Only block 1 changes; block 0 is the one the server holds.
+    s.file(Area::Data, path("base/1/100"), 0o600, false)
+        .unwrap();
+    s.blocks(vec![block(1, &[3; 50])], 50).unwrap();
+    s.file_end(8242).unwrap();
+    let r = finish(s, start).unwrap();
+    assert_eq!(r.kind, BackupKind::Full);
+    let content = std::fs::read(f.data.join("base/1/100")).unwrap();
+    assert_eq!(content.len(), 8242);
+    assert_eq!(&content[..8192], &[1; 8192][..]);
+    assert_eq!(&content[8192..], &[3; 50][..]);
+    assert!(std::fs::read_to_string(f.data.join("backup_label"))
+        .unwrap()
+        .contains("START TIMELINE: 1"));
+    assert_eq!(f.catalog.backups(&f.cluster).unwrap().len(), 1);
+}
+
+#[test]
+fn bad_blocks_are_refused_with_the_file_and_block() {
+    let f = fixture();
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/7"), 0o600, false).unwrap();
+    let mut b = block(3, &[9; 8192]);
+    b.data[0] = 0;
+    let err = s.blocks(vec![b], 8192).unwrap_err().to_string();
+    assert!(
+        err.contains("block 3 of data/base/1/7") && err.contains("blake3"),
+        "{err}"
+    );
+    drop(s);
+
+    // Blocks neither sent nor held, blocks past the end, short blocks in the middle.
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/8"), 0o600, false).unwrap();
+    s.blocks(vec![block(1, &[1; 8192])], 1).unwrap();
+    let err = s.file_end(16384).unwrap_err().to_string();
+    assert!(
+        err.contains("block 0 of data/base/1/8 was not sent"),
+        "{err}"
+    );
+    drop(s);
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/9"), 0o600, false).unwrap();
+    s.blocks(vec![block(0, &[1; 100])], 1).unwrap();
+    let err = s.file_end(8192).unwrap_err().to_string();
+    assert!(err.contains("has 100 bytes"), "{err}");
+    drop(s);
+    let mut s = begin(&f).unwrap();
+    let err = s
+        .file(Area::Tablespace(5), path("x"), 0o600, false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("tblspc/5 is not a tablespace announced"),
+        "{err}"
+    );
+    let err = s
+        .file(Area::Data, path("backup_label"), 0o600, false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("written by the server"), "{err}");
+}
+
+#[test]
+fn another_database_system_is_refused() {
+    let f = fixture();
+    drop(begin(&f).unwrap());
+    let err = f
+        .backups
+        .begin(BeginRequest {
+            cluster: f.cluster.clone(),
+            binding: ClusterBinding {
+                system_identifier: 43,
+                wal_segment_size: SEG,
+                pg_major: 15,
+            },
+            label: String::new(),
+            tablespaces: vec![],
+            host: String::new(),
+        })
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("system identifier 43") && err.contains("42"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_interrupted_session_is_rehashed_before_it_is_trusted() {
+    let f = fixture();
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/100"), 0o600, false)
+        .unwrap();
+    s.blocks(vec![block(0, &[1; 8192])], 1).unwrap();
+    s.file_end(8192).unwrap();
+    drop(s);
+    // Behind the manifest's back (as a write the crash kept while the entry was lost).
+    std::fs::write(f.data.join("base/1/100"), [5u8; 8192]).unwrap();
+    let s = begin(&f).unwrap();
+    let entry = s
+        .manifest()
+        .map(|i| i.unwrap())
+        .find(|i| i.path.as_str() == "base/1/100")
+        .unwrap();
+    assert_eq!(entry.entry.hashes, vec![hash_block(&[5; 8192])]);
+}
+
+#[test]
+fn stamps_are_utc_and_sortable() {
+    assert_eq!(utc_stamp(0), "19700101T000000Z");
+    assert_eq!(utc_stamp(1_795_350_896), "20261122T123456Z");
+    assert!(utc_stamp(1_795_350_896) < utc_stamp(1_795_350_897));
+}
