@@ -49,7 +49,9 @@ impl ClientError {
                 }
                 source = e.source();
             }
-            if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown) {
+            if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
+                || message.contains("h2 protocol error")
+            {
                 message = explain_transport(&message);
             }
             ClientError::Server {
@@ -71,6 +73,11 @@ fn explain_transport(message: &str) -> String {
         .next()
         .unwrap_or(message)
         .to_owned();
+    if lower.contains("peer closed connection") || lower.contains("error reading a body") {
+        return "the server closed the connection (stopped or restarted?); nothing was \
+                committed, run the command again"
+            .to_owned();
+    }
     if lower.contains("broken pipe")
         || lower.contains("connection reset")
         || lower.contains("alert")

@@ -144,6 +144,25 @@ impl Client {
         c
     }
 
+    /// Like [`Client::command`], but the `walvault` process itself is the child (its uid and
+    /// gid set directly instead of through `runuser`), so that killing the child kills the
+    /// client, as a crash or `kill -9` on the database host would.
+    pub fn direct_command(&self, args: &[&str]) -> Command {
+        use std::os::unix::process::CommandExt;
+        let mut c = match &self.user {
+            Some(u) => {
+                let (uid, gid) = super::user_ids(u);
+                let mut c = Command::new(self.postgres_binary());
+                c.uid(uid).gid(gid);
+                c
+            }
+            None => Command::new(binary("walvault")),
+        };
+        c.arg("--config").arg(&self.config).args(args);
+        c.current_dir("/");
+        c
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         run(&self.log, &mut self.command(args), CLIENT_TIMEOUT)
     }

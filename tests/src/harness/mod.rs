@@ -7,9 +7,10 @@
 //! PostgreSQL stops before the server, the server before its pool is destroyed, and the
 //! directory is judged (kept or removed) last.
 
+pub mod backup;
 mod client;
 mod command;
-mod pg;
+pub(crate) mod pg;
 mod server;
 mod testdir;
 pub mod wal;

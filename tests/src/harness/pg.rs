@@ -67,6 +67,13 @@ impl Pg {
         }
     }
 
+    /// An instance directory whose data directory does not exist yet: for a data directory
+    /// made by other means (such as a clone of a backup mounted at [`Pg::data_dir`]), which
+    /// then gets our settings with [`Pg::append_conf`]. Nothing is started.
+    pub fn empty(td: &TestDir, name: &str) -> Self {
+        Self::new(td, name)
+    }
+
     /// `initdb` a new cluster (trust auth, superuser `postgres`) and append `conf` lines to its
     /// `postgresql.conf` after our own port/socket settings.
     pub fn init(td: &TestDir, name: &str, conf: &[String]) -> Self {
@@ -124,7 +131,9 @@ impl Pg {
         pg
     }
 
-    fn append_conf(&self, conf: &[String]) {
+    /// Appends our port and socket settings, then `conf`, to `postgresql.conf` (later lines
+    /// win over earlier ones).
+    pub fn append_conf(&self, conf: &[String]) {
         let mut text = format!(
             "\n# walvault-tests\nport = {}\nlisten_addresses = '127.0.0.1'\n\
              unix_socket_directories = '{}'\nlogging_collector = off\n\
@@ -147,7 +156,8 @@ impl Pg {
         ));
     }
 
-    fn write_file_in_data(&self, rel: &str, content: &str) {
+    /// Writes a file in the data directory, owned by `postgres`, mode 0600.
+    pub fn write_file_in_data(&self, rel: &str, content: &str) {
         let p = self.data.join(rel);
         std::fs::write(&p, content).unwrap_or_else(|e| panic!("write {}: {e}", p.display()));
         super::chown_postgres(&p);
@@ -193,6 +203,15 @@ impl Pg {
     /// The server's log (stderr of postgres, where archive_command's stderr also lands).
     pub fn server_log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// A libpq connection string for this instance, as `walvault backup --conninfo` takes it.
+    pub fn conninfo(&self) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            self.socket_dir(),
+            self.port
+        )
     }
 
     pub fn socket_dir(&self) -> String {
