@@ -98,7 +98,7 @@ backup
 runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -T 5 -c 2 postgres 2>&1 | grep -E '^tps'
 backup
 "$bin/walvault" --config "$work/etc/agent.toml" backups
-zfs list -r -t snapshot -o name,used,written,createtxg "$pool/walvault/demo/main/db"
+zfs list -r -t snapshot -o name,used,referenced,createtxg "$pool/walvault/demo/main/db"
 
 if [ "${KEEP:-0}" = 1 ]; then
     echo; echo "left running in $work (server pid $server_pid, PostgreSQL on $work/sock port $port, pool $pool)"
