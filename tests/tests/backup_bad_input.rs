@@ -25,26 +25,6 @@ const NOT_ALLOWED: &[&str] = &[
     "forbidden",
 ];
 
-/// Expects the documented failure of a run: exit 1, a one-line error containing one of
-/// `words` (case-insensitive). Returns the error.
-fn refused(r: &walvault_tests::harness::Run, words: &[&str]) -> String {
-    assert_eq!(r.code, Some(1), "expected a refusal: {}", r.describe());
-    let err = r.stderr.trim();
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "expected a one-line error: {}",
-        r.describe()
-    );
-    let lower = err.to_lowercase();
-    assert!(
-        words.iter().any(|w| lower.contains(&w.to_lowercase())),
-        "the error should name the problem (one of {words:?}): {}",
-        r.describe()
-    );
-    err.to_owned()
-}
-
 /// Nothing claims to be a backup: no snapshot under `db`, nothing listed.
 fn assert_no_backup(d: &Deployment, agent: &Client) {
     wait_until(
@@ -74,10 +54,7 @@ fn backup_of_another_database_system_is_refused() {
     stranger.start();
     stranger.psql("CREATE TABLE t AS SELECT generate_series(1, 1000) x");
 
-    let err = refused(
-        &run_backup(&d.agent, &stranger, &[]),
-        &["system identifier"],
-    );
+    let err = run_backup(&d.agent, &stranger, &[]).assert_refused(&["system identifier"]);
     let theirs = stranger.psql("SELECT system_identifier FROM pg_control_system()");
     eprintln!("refused: {err} (stranger's system identifier {theirs})");
     assert_no_backup(&d, &d.agent);
@@ -123,10 +100,7 @@ fn second_concurrent_backup_is_refused_naming_the_first() {
                 .find(|b| b.state == "running")
         },
     );
-    let err = refused(
-        &run_backup(&d.agent, &d.primary, &[]),
-        &[running.id.as_str()],
-    );
+    let err = run_backup(&d.agent, &d.primary, &[]).assert_refused(&[running.id.as_str()]);
     eprintln!("second backup refused: {err}");
     let still = list_backups(&d.agent, None);
     assert!(
@@ -169,10 +143,10 @@ fn agent_of_another_cluster_cannot_back_up() {
         let mut args = vec!["--cluster".to_owned(), cluster.to_owned()];
         args.extend(backup_args(&d.primary, &[]));
         let r = client.run(&args.iter().map(String::as_str).collect::<Vec<_>>());
-        let err = refused(&r, NOT_ALLOWED);
+        let err = r.assert_refused(NOT_ALLOWED);
         eprintln!("backup for {cluster} refused: {err}");
         let r = client.run(&["--cluster", cluster, "backups", "--json"]);
-        let err = refused(&r, NOT_ALLOWED);
+        let err = r.assert_refused(NOT_ALLOWED);
         eprintln!("backups of {cluster} refused: {err}");
     };
     with_cluster(&d.agent, "acme/db2");

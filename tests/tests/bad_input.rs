@@ -24,25 +24,9 @@ const NOT_ALLOWED: &[&str] = &[
     "forbidden",
 ];
 
-/// Runs `args`, expects the documented failure (exit 1, one line on stderr) and a message
-/// containing one of `words` (case-insensitive). Returns stderr.
+/// Runs `args` and expects the documented refusal naming one of `words`.
 fn refused(client: &Client, args: &[&str], words: &[&str]) -> String {
-    let r = client.run(args);
-    assert_eq!(r.code, Some(1), "expected a refusal: {}", r.describe());
-    let err = r.stderr.trim();
-    assert_eq!(
-        err.lines().count(),
-        1,
-        "expected a one-line error: {}",
-        r.describe()
-    );
-    let lower = err.to_lowercase();
-    assert!(
-        words.iter().any(|w| lower.contains(&w.to_lowercase())),
-        "the error should name the problem (one of {words:?}): {}",
-        r.describe()
-    );
-    r.stderr
+    client.run(args).assert_refused(words)
 }
 
 /// A PostgreSQL instance archiving into a local directory: `n` real, complete segments of one

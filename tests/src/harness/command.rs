@@ -50,6 +50,31 @@ impl Run {
         self.code == Some(0)
     }
 
+    /// Asserts the documented failure of a command: exit 1 and a one-line error containing one
+    /// of `words` (case-insensitive). Returns the error line.
+    pub fn assert_refused(&self, words: &[&str]) -> String {
+        assert_eq!(
+            self.code,
+            Some(1),
+            "expected a refusal: {}",
+            self.describe()
+        );
+        let err = self.stderr.trim();
+        assert_eq!(
+            err.lines().count(),
+            1,
+            "expected a one-line error: {}",
+            self.describe()
+        );
+        let lower = err.to_lowercase();
+        assert!(
+            words.iter().any(|w| lower.contains(&w.to_lowercase())),
+            "the error should name the problem (one of {words:?}): {}",
+            self.describe()
+        );
+        err.to_owned()
+    }
+
     /// A readable account of the run, for panic messages.
     pub fn describe(&self) -> String {
         format!(
