@@ -49,8 +49,12 @@ impl ClientError {
                 }
                 source = e.source();
             }
-            if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown)
-                || message.contains("h2 protocol error")
+            // A handshake the server refused surfaces as Unavailable, Unknown or, when the
+            // connection drops while the request waits for it, Cancelled.
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ) || message.contains("h2 protocol error")
             {
                 message = explain_transport(&message);
             }
@@ -80,6 +84,7 @@ fn explain_transport(message: &str) -> String {
     }
     if lower.contains("broken pipe")
         || lower.contains("connection reset")
+        || lower.contains("connection closed")
         || lower.contains("alert")
     {
         out.push_str(
@@ -103,4 +108,30 @@ pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = s.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dropped_handshake_points_at_the_certificate() {
+        for raw in [
+            "operation was canceled: transport error: connection closed",
+            "transport error: connection error: stream closed because of a broken pipe",
+            "transport error: connection reset by peer",
+        ] {
+            let s = tonic::Status::cancelled(raw);
+            let ClientError::Server { message, .. } = ClientError::server("list")(s) else {
+                panic!("a status maps to a server error");
+            };
+            assert!(message.contains("certificate"), "{raw} -> {message}");
+        }
+    }
+
+    #[test]
+    fn a_server_gone_mid_body_says_to_run_again() {
+        let m = explain_transport("error reading a body from connection: peer closed connection");
+        assert!(m.contains("run the command again"), "{m}");
+    }
 }
