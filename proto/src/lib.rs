@@ -52,6 +52,14 @@ pub fn utc_civil(unix: i64) -> (i64, i64, i64, i64, i64, i64) {
     (year, month, day, secs / 3600, secs / 60 % 60, secs % 60)
 }
 
+/// A time in microseconds since the Unix epoch as people read it, to the microsecond:
+/// `2026-11-22 09:34:56.123456 UTC` (PostgreSQL's commit timestamps have this precision).
+pub fn utc_time_micros(micros: i64) -> String {
+    let (y, mo, d, h, mi, s) = utc_civil(micros.div_euclid(1_000_000));
+    let frac = micros.rem_euclid(1_000_000);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{frac:06} UTC")
+}
+
 /// A Unix time as people read it: `2026-11-22 09:34:56 UTC`.
 pub fn utc_time(unix: i64) -> String {
     let (y, mo, d, h, mi, s) = utc_civil(unix);

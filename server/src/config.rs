@@ -31,6 +31,18 @@ struct RawConfig {
     storage: RawStorage,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    restore: RawRestore,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRestore {
+    ports: Option<String>,
+    listen_address: Option<String>,
+    pg_bin: Option<String>,
+    superuser: Option<String>,
+    wait_secs: Option<u64>,
 }
 
 fn default_pg_user() -> String {
@@ -75,6 +87,71 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// How the server starts PostgreSQL instances for `restore --to instance`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreConfig {
+    /// TCP ports handed out to instances, inclusive.
+    pub ports: (u16, u16),
+    /// The address instances listen on (`listen_addresses`).
+    pub listen_address: String,
+    /// The PostgreSQL binaries, `{major}` replaced by the cluster's major version.
+    pub pg_bin: String,
+    /// The role the server connects as to watch recovery (the restored cluster's superuser).
+    pub superuser: String,
+    /// How long a restore may take to reach its target.
+    pub wait: Duration,
+}
+
+impl Default for RestoreConfig {
+    fn default() -> Self {
+        Self {
+            ports: (54400, 54499),
+            listen_address: "127.0.0.1".into(),
+            pg_bin: "/usr/lib/postgresql/{major}/bin".into(),
+            superuser: "postgres".into(),
+            wait: Duration::from_secs(3600),
+        }
+    }
+}
+
+fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
+    let mut c = RestoreConfig::default();
+    if let Some(p) = raw.ports {
+        let parsed = p.split_once('-').and_then(|(a, b)| {
+            let (a, b) = (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?);
+            (a > 0 && a <= b).then_some((a, b))
+        });
+        c.ports = parsed.ok_or_else(|| {
+            format!("restore.ports = {p:?} is not a port range like \"54400-54499\"")
+        })?;
+    }
+    if let Some(a) = raw.listen_address {
+        if a.trim().is_empty() || a.contains(['\'', '\n']) {
+            return Err(format!("restore.listen_address = {a:?} is not a host address"));
+        }
+        c.listen_address = a;
+    }
+    if let Some(b) = raw.pg_bin {
+        if !b.starts_with('/') {
+            return Err(format!("restore.pg_bin = {b:?} must be an absolute path"));
+        }
+        c.pg_bin = b;
+    }
+    if let Some(u) = raw.superuser {
+        if u.is_empty() || u.contains(['\'', ' ', '\n']) {
+            return Err(format!("restore.superuser = {u:?} is not a role name"));
+        }
+        c.superuser = u;
+    }
+    if let Some(w) = raw.wait_secs {
+        if w == 0 {
+            return Err("restore.wait_secs must be at least 1".into());
+        }
+        c.wait = Duration::from_secs(w);
+    }
+    Ok(c)
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -88,6 +165,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long a finishing backup waits for the archive to hold its WAL.
     pub backup_wal_wait: Duration,
+    pub restore: RestoreConfig,
 }
 
 impl Config {
@@ -140,6 +218,7 @@ impl Config {
             return Err("limits.request_timeout_secs must be at least 1".into());
         }
         let wal_wait = raw.limits.backup_wal_wait_secs.unwrap_or(300);
+        let restore = parse_restore(raw.restore)?;
         Ok(Self {
             listen,
             catalog: abs(raw.catalog),
@@ -152,6 +231,7 @@ impl Config {
             storage,
             request_timeout: Duration::from_secs(timeout),
             backup_wal_wait: Duration::from_secs(wal_wait),
+            restore,
         })
     }
 }
@@ -233,6 +313,8 @@ dataset = "tank/walvault"
                 "ceph",
             ),
             (format!("pg_user = \"root\"\n{GOOD}"), "unprivileged"),
+            (format!("{GOOD}\n[restore]\nports = \"9-1\"\n"), "restore.ports"),
+            (format!("{GOOD}\n[restore]\npg_bin = \"bin\"\n"), "restore.pg_bin"),
         ];
         for (text, needle) in cases {
             let err = Config::parse(&text, Path::new("/")).unwrap_err();

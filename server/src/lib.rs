@@ -8,6 +8,7 @@ pub mod catalog;
 pub mod config;
 pub mod layout;
 pub mod process;
+pub mod restore;
 pub mod storage;
 pub mod tenancy;
 pub mod tls;
