@@ -7,6 +7,7 @@ pub mod backup;
 pub mod catalog;
 pub mod config;
 pub mod layout;
+pub mod pg;
 pub mod process;
 pub mod restore;
 pub mod storage;
@@ -82,7 +83,7 @@ pub async fn run(
         compression = %storage.compression(),
         "storage ready"
     );
-    let (archive, admin, backup) = api::services(domain);
+    let (archive, admin, backup, restore) = api::services(domain);
     Server::builder()
         .timeout(config.request_timeout)
         // A backup's stream can sit idle while the server waits for WAL; a peer that vanished
@@ -92,6 +93,7 @@ pub async fn run(
         .add_service(archive)
         .add_service(admin)
         .add_service(backup)
+        .add_service(restore)
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .map_err(ServeError::Transport)

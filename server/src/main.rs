@@ -40,6 +40,17 @@ enum Command {
     /// The catalog (run with the server stopped).
     #[command(subcommand)]
     Catalog(CatalogCommand),
+    /// Write an archived WAL file's original bytes to DEST (the restore_command of instances
+    /// the server starts); exits 1 quietly when the archive lacks it.
+    #[command(hide = true)]
+    WalUnpack {
+        /// The cluster's WAL directory.
+        dir: PathBuf,
+        /// The file name (%f).
+        name: String,
+        /// Where to write it (%p).
+        dest: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -199,6 +210,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => init(a),
+        Command::WalUnpack { dir, name, dest } => {
+            return match walvault_server::wal::stored::unpack(&dir, &name, &dest) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::from(1),
+                Err(e) => {
+                    eprintln!("walvault-server wal-unpack: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Run { config } => tokio::runtime::Runtime::new()
             .context("start the runtime")
             .and_then(|rt| rt.block_on(serve(&config))),

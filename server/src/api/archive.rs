@@ -6,7 +6,7 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use walvault_proto::pb::{self, fetch_wal_response, push_wal_request};
-use walvault_proto::{WalFileName, CHUNK_SIZE, MAX_WAL_FILE_SIZE};
+use walvault_proto::{WalFileKind, WalFileName, CHUNK_SIZE, MAX_WAL_FILE_SIZE};
 
 use super::{blocking, cluster_ref, principal, status, Domain};
 use crate::wal::{IncomingWal, PushOutcome};
@@ -89,8 +89,20 @@ impl pb::archive_server::Archive for ArchiveApi {
                 payload,
             };
             let archive = self.domain.archive.clone();
+            let pushed = incoming.name.clone();
+            let c = cluster.clone();
             let outcome =
-                blocking(move || archive.push(&cluster, incoming).map_err(status::archive)).await?;
+                blocking(move || archive.push(&c, incoming).map_err(status::archive)).await?;
+            // Index the new segment's records in the background: PostgreSQL should not wait
+            // for it, and a planner finds any segment left unindexed anyway.
+            if outcome == PushOutcome::Archived && pushed.kind() == WalFileKind::Segment {
+                let index = self.domain.restores.time_index().clone();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = index.index_one(&cluster, &pushed) {
+                        tracing::warn!(cluster = %cluster, file = %pushed, "time index: {e}");
+                    }
+                });
+            }
             Ok(Response::new(pb::PushWalResponse {
                 already_archived: outcome == PushOutcome::AlreadyArchived,
             }))

@@ -5,6 +5,7 @@
 mod admin;
 mod archive;
 mod backup;
+mod restore;
 mod status;
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use crate::auth::Principal;
 use crate::backup::Backups;
 use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::restore::Restores;
 use crate::storage::Storage;
 use crate::tenancy::Tenancy;
 use crate::wal::WalArchive;
@@ -23,6 +25,7 @@ use crate::wal::WalArchive;
 pub use admin::AdminApi;
 pub use archive::ArchiveApi;
 pub use backup::BackupApi;
+pub use restore::RestoreApi;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -30,6 +33,7 @@ pub struct Domain {
     pub archive: WalArchive,
     pub tenancy: Tenancy,
     pub backups: Backups,
+    pub restores: Restores,
 }
 
 impl Domain {
@@ -42,6 +46,13 @@ impl Domain {
                 archive.clone(),
                 &config.pg_user,
                 config.backup_wal_wait,
+            ),
+            restores: Restores::new(
+                storage.clone(),
+                catalog.clone(),
+                archive.clone(),
+                config.restore.clone(),
+                &config.pg_user,
             ),
             archive,
             tenancy: Tenancy::new(storage, catalog),
@@ -94,10 +105,12 @@ pub fn services(
     pb::archive_server::ArchiveServer<ArchiveApi>,
     pb::admin_server::AdminServer<AdminApi>,
     pb::backup_server::BackupServer<BackupApi>,
+    pb::restore_server::RestoreServer<RestoreApi>,
 ) {
     (
         pb::archive_server::ArchiveServer::new(ArchiveApi::new(domain.clone())),
         pb::admin_server::AdminServer::new(AdminApi::new(domain.clone())),
-        pb::backup_server::BackupServer::new(BackupApi::new(domain)),
+        pb::backup_server::BackupServer::new(BackupApi::new(domain.clone())),
+        pb::restore_server::RestoreServer::new(RestoreApi::new(domain)),
     )
 }

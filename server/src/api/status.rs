@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::auth::AuthError;
 use crate::backup::BackupError;
+use crate::restore::RestoreError;
 use crate::tenancy::TenancyError;
 use crate::wal::ArchiveError;
 
@@ -74,5 +75,22 @@ pub fn backup(e: BackupError) -> Status {
         E::QuotaExceeded { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(*a),
         E::Io { .. } | E::Storage { .. } | E::Reconcile { .. } | E::Catalog(_) => fail(msg),
+    }
+}
+
+pub fn restore(e: RestoreError) -> Status {
+    use RestoreError as E;
+    let msg = e.to_string();
+    match e {
+        E::ClusterNotFound(_) | E::NotFound(_) => refuse(Code::NotFound, msg),
+        E::Plan { .. } | E::UnknownXid { .. } => refuse(Code::FailedPrecondition, msg),
+        E::Invalid(_) => refuse(Code::InvalidArgument, msg),
+        E::NoPort { .. } => refuse(Code::ResourceExhausted, msg),
+        E::Archive(a) => archive(a),
+        E::Instance { .. }
+        | E::Index(_)
+        | E::Catalog(_)
+        | E::Storage { .. }
+        | E::Io { .. } => fail(msg),
     }
 }

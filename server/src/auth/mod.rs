@@ -128,6 +128,24 @@ impl Principal {
         }
     }
 
+    /// Writing a restore out to a directory: like reading (an agent may rebuild its own host,
+    /// as an old primary does after a failover).
+    pub fn may_restore_to_dir(&self, cluster: &ClusterId) -> Result<(), AuthError> {
+        self.may_read(cluster)
+            .map_err(|_| self.forbidden(format!("restore cluster {cluster}")))
+    }
+
+    /// Starting and dropping instances on the server: the tenant's operators and admins.
+    pub fn may_run_instances(&self, cluster: &ClusterId) -> Result<(), AuthError> {
+        match self {
+            Principal::Operator(t) if t == cluster.tenant() => Ok(()),
+            Principal::Admin => Ok(()),
+            _ => Err(self.forbidden(format!(
+                "start or drop PostgreSQL instances of cluster {cluster} on the server"
+            ))),
+        }
+    }
+
     /// Seeing a tenant's list of clusters: its operators and admins.
     pub fn may_see_tenant(&self, tenant: &TenantId) -> Result<(), AuthError> {
         match self {

@@ -8,8 +8,10 @@
 
 mod backups;
 pub mod rebuild;
+mod restores;
 
 pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession};
+pub use restores::RestoreRecord;
 
 use std::path::Path;
 
@@ -93,6 +95,9 @@ pub struct Catalog {
     backups: sled::Tree,
     manifest: sled::Tree,
     sessions: sled::Tree,
+    /// The WAL time index: a cache of what each archived segment's records say.
+    wal_index: sled::Tree,
+    restores: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -163,6 +168,8 @@ impl Catalog {
             backups: db.open_tree("backups")?,
             manifest: db.open_tree("manifest")?,
             sessions: db.open_tree("sessions")?,
+            wal_index: db.open_tree("wal_index")?,
+            restores: db.open_tree("restores")?,
             db,
         })
     }
@@ -277,6 +284,8 @@ impl Catalog {
         self.backups.clear()?;
         self.manifest.clear()?;
         self.sessions.clear()?;
+        self.wal_index.clear()?;
+        self.restores.clear()?;
         self.flush()
     }
 }

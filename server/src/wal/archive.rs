@@ -231,6 +231,16 @@ impl WalArchive {
             .ok_or_else(|| ArchiveError::ClusterNotFound(cluster.clone()))
     }
 
+    /// What the cluster's first archived segment bound (`None` before any).
+    pub fn binding(&self, cluster: &ClusterId) -> Result<Option<ClusterBinding>, ArchiveError> {
+        Ok(self.cluster_record(cluster)?.binding)
+    }
+
+    /// Where the cluster's archived files are (`<name>.zst`).
+    pub fn wal_dir_path(&self, cluster: &ClusterId) -> Result<PathBuf, ArchiveError> {
+        self.wal_dir(cluster)
+    }
+
     fn wal_dir(&self, cluster: &ClusterId) -> Result<PathBuf, ArchiveError> {
         if let Some(d) = self
             .wal_dirs

@@ -2,7 +2,10 @@
 
 pub mod archive;
 pub mod header;
+pub mod history;
+pub mod records;
 pub mod stored;
 mod text;
+pub mod timeindex;
 
 pub use archive::{ArchiveError, FetchedWal, IncomingWal, PushOutcome, WalArchive};

@@ -80,6 +80,31 @@ impl StoredMeta {
     }
 }
 
+/// Writes the original bytes of the archived file `<dir>/<name>.zst` to `dest`, checked
+/// against its size and blake3. `Ok(false)` when the archive has no such file. This is the
+/// `restore_command` of instances the server starts (`walvault-server wal-unpack`), run as
+/// the PostgreSQL OS user.
+pub fn unpack(dir: &std::path::Path, name: &str, dest: &std::path::Path) -> Result<bool, String> {
+    let name: walvault_proto::WalFileName = name.parse().map_err(|e| format!("{e}"))?;
+    let src = dir.join(format!("{name}{}", crate::layout::STORED_EXT));
+    let bytes = match std::fs::read(&src) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("read {}: {e}", src.display())),
+    };
+    let meta = StoredMeta::decode(&bytes).map_err(|e| format!("{} {e}", src.display()))?;
+    let plain = zstd::decode_all(&bytes[HEADER_LEN..])
+        .map_err(|e| format!("decompress {}: {e}", src.display()))?;
+    if plain.len() as u64 != meta.size || *blake3::hash(&plain).as_bytes() != meta.blake3 {
+        return Err(format!(
+            "{} is damaged: its content does not match the size and blake3 recorded when it was archived",
+            src.display()
+        ));
+    }
+    std::fs::write(dest, plain).map_err(|e| format!("write {}: {e}", dest.display()))?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

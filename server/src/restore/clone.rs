@@ -1,0 +1,267 @@
+//! A restore's clone: `<cluster>/restores/<id>/data` and `…/tblspc/<oid>`, writable clones of
+//! one backup's snapshots, so nothing a restore does can touch the backup.
+
+use std::path::{Path, PathBuf};
+
+use walvault_proto::{Area, ClusterId};
+
+use super::RestoreError;
+use crate::layout::ClusterLayout;
+use crate::storage::{DatasetOptions, DatasetPath, Storage};
+
+#[derive(Debug, Clone)]
+pub struct RestoreClone {
+    id: String,
+    cluster: ClusterId,
+    /// `<cluster>/restores/<id>`.
+    dataset: DatasetPath,
+}
+
+/// One area of a clone: where its files are, and where the source host kept them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneArea {
+    pub area: Area,
+    pub dir: PathBuf,
+    /// The tablespace's location on the source host; empty for data.
+    pub location: String,
+}
+
+/// The tablespaces a `tablespace_map` names: (oid, location). PostgreSQL escapes nothing but
+/// a backslash before a character it wants taken literally.
+pub fn parse_tablespace_map(text: &str) -> Result<Vec<(u32, String)>, String> {
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let (oid, path) = line
+            .split_once(' ')
+            .ok_or_else(|| format!("tablespace_map line {line:?} is not `OID PATH`"))?;
+        let oid = oid
+            .parse::<u32>()
+            .map_err(|_| format!("tablespace_map line {line:?} does not start with an OID"))?;
+        let mut unescaped = String::with_capacity(path.len());
+        let mut chars = path.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                if let Some(n) = chars.next() {
+                    unescaped.push(n);
+                }
+            } else {
+                unescaped.push(c);
+            }
+        }
+        out.push((oid, unescaped));
+    }
+    Ok(out)
+}
+
+/// A `tablespace_map` naming `entries`.
+pub fn format_tablespace_map(entries: &[(u32, String)]) -> String {
+    entries
+        .iter()
+        .map(|(oid, path)| {
+            let escaped: String = path
+                .chars()
+                .flat_map(|c| match c {
+                    '\\' | '\n' | '\r' => vec!['\\', c],
+                    c => vec![c],
+                })
+                .collect();
+            format!("{oid} {escaped}\n")
+        })
+        .collect()
+}
+
+impl RestoreClone {
+    fn paths(cluster: &ClusterId, id: &str) -> Result<(ClusterLayout, DatasetPath), RestoreError> {
+        let l = ClusterLayout::of(cluster)
+            .map_err(RestoreError::storage(format!("name the datasets of {cluster}")))?;
+        let dataset = l
+            .restores
+            .join(id)
+            .map_err(RestoreError::storage(format!("name restore {id}")))?;
+        Ok((l, dataset))
+    }
+
+    /// A clone made earlier (for listing and dropping).
+    pub fn existing(cluster: &ClusterId, id: &str) -> Result<Self, RestoreError> {
+        let (_, dataset) = Self::paths(cluster, id)?;
+        Ok(Self {
+            id: id.to_owned(),
+            cluster: cluster.clone(),
+            dataset,
+        })
+    }
+
+    /// Clones backup `backup` of `cluster`: its data and every tablespace its
+    /// `tablespace_map` names. Nothing is left behind on failure.
+    pub fn create(
+        storage: &dyn Storage,
+        cluster: &ClusterId,
+        id: &str,
+        backup: &str,
+    ) -> Result<Self, RestoreError> {
+        let (l, dataset) = Self::paths(cluster, id)?;
+        let this = Self {
+            id: id.to_owned(),
+            cluster: cluster.clone(),
+            dataset,
+        };
+        let ctx = |what: &str| format!("{cluster}: restore {id}: {what}");
+        if !storage
+            .exists(&l.restores)
+            .map_err(RestoreError::storage(ctx("look for the restores dataset")))?
+        {
+            storage
+                .create(&l.restores, &DatasetOptions::default())
+                .map_err(RestoreError::storage(ctx("create the restores dataset")))?;
+        }
+        storage
+            .create(&this.dataset, &DatasetOptions::default())
+            .map_err(RestoreError::storage(ctx("create its dataset")))?;
+        let result = (|| {
+            let data = this.child("data")?;
+            storage
+                .clone_snapshot(&l.data, backup, &data)
+                .map_err(RestoreError::storage(ctx(&format!(
+                    "clone the data of backup {backup}"
+                ))))?;
+            let oids = this.tablespaces(storage)?;
+            if !oids.is_empty() {
+                let parent = this.child("tblspc")?;
+                storage
+                    .create(&parent, &DatasetOptions::default())
+                    .map_err(RestoreError::storage(ctx("create tblspc")))?;
+                for (oid, _) in oids {
+                    let from = l
+                        .tablespaces
+                        .join(&oid.to_string())
+                        .map_err(RestoreError::storage(ctx("name a tablespace")))?;
+                    let to = parent
+                        .join(&oid.to_string())
+                        .map_err(RestoreError::storage(ctx("name a tablespace")))?;
+                    storage.clone_snapshot(&from, backup, &to).map_err(
+                        RestoreError::storage(ctx(&format!(
+                            "clone tablespace {oid} of backup {backup}"
+                        ))),
+                    )?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            let _ = this.destroy(storage);
+            return Err(e);
+        }
+        tracing::info!(cluster = %cluster, restore = id, backup, "cloned");
+        Ok(this)
+    }
+
+    fn child(&self, name: &str) -> Result<DatasetPath, RestoreError> {
+        self.dataset
+            .join(name)
+            .map_err(RestoreError::storage(format!("name {name} of restore {}", self.id)))
+    }
+
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    pub fn cluster(&self) -> &ClusterId {
+        &self.cluster
+    }
+
+    pub fn dataset(&self) -> &DatasetPath {
+        &self.dataset
+    }
+
+    pub fn data_dir(&self, storage: &dyn Storage) -> Result<PathBuf, RestoreError> {
+        storage
+            .mountpoint(&self.child("data")?)
+            .map_err(RestoreError::storage(format!("find the data of restore {}", self.id)))
+    }
+
+    /// The tablespaces of the cloned backup, from its `tablespace_map`.
+    pub fn tablespaces(&self, storage: &dyn Storage) -> Result<Vec<(u32, String)>, RestoreError> {
+        let map = self.data_dir(storage)?.join("tablespace_map");
+        match std::fs::read_to_string(&map) {
+            Ok(text) => parse_tablespace_map(&text).map_err(|e| {
+                RestoreError::Invalid(format!("restore {}: {}: {e}", self.id, map.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(RestoreError::io(format!("read {}", map.display()))(e)),
+        }
+    }
+
+    /// Every area of the clone, data first.
+    pub fn areas(&self, storage: &dyn Storage) -> Result<Vec<CloneArea>, RestoreError> {
+        let mut out = vec![CloneArea {
+            area: Area::Data,
+            dir: self.data_dir(storage)?,
+            location: String::new(),
+        }];
+        for (oid, location) in self.tablespaces(storage)? {
+            let ds = self.child("tblspc")?.join(&oid.to_string()).map_err(
+                RestoreError::storage(format!("name tablespace {oid} of restore {}", self.id)),
+            )?;
+            out.push(CloneArea {
+                area: Area::Tablespace(oid),
+                dir: storage.mountpoint(&ds).map_err(RestoreError::storage(format!(
+                    "find tablespace {oid} of restore {}",
+                    self.id
+                )))?,
+                location,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Destroys the clone and everything under it.
+    pub fn destroy(&self, storage: &dyn Storage) -> Result<(), RestoreError> {
+        match storage.exists(&self.dataset) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(e) => {
+                return Err(RestoreError::storage(format!(
+                    "look for restore {}",
+                    self.id
+                ))(e))
+            }
+        }
+        storage
+            .destroy(&self.dataset, true)
+            .map_err(RestoreError::storage(format!(
+                "{}: destroy the clone of restore {}",
+                self.cluster, self.id
+            )))
+    }
+}
+
+/// Points `tablespace_map` in `data` at `dirs` (oid → new directory).
+pub fn rewrite_tablespace_map(data: &Path, dirs: &[(u32, String)]) -> std::io::Result<()> {
+    let map = data.join("tablespace_map");
+    if dirs.is_empty() {
+        return match std::fs::remove_file(&map) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    std::fs::write(&map, format_tablespace_map(dirs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tablespace_maps_round_trip() {
+        let entries = vec![
+            (16384, "/srv/ts one".to_owned()),
+            (16385, "/srv/back\\slash".to_owned()),
+        ];
+        let text = format_tablespace_map(&entries);
+        assert_eq!(text, "16384 /srv/ts one\n16385 /srv/back\\\\slash\n");
+        assert_eq!(parse_tablespace_map(&text).unwrap(), entries);
+        assert!(parse_tablespace_map("nonsense\n").is_err());
+        assert!(parse_tablespace_map("x /a\n").is_err());
+        assert!(parse_tablespace_map("\n").unwrap().is_empty());
+    }
+}

@@ -1,0 +1,234 @@
+//! Instance delivery: PostgreSQL started on the clone, on this server, as the configured OS
+//! user, recovered to the target and (by default) promoted.
+//!
+//! Recovery is always told to pause at a target, and the server promotes with `pg_promote()`:
+//! on PostgreSQL 15 `recovery_target_action = promote` waits for an end-of-recovery
+//! checkpoint, which pausing first avoids (DESIGN §8). A `latest` restore has no target, so
+//! PostgreSQL promotes by itself at the end of the archive.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use super::plan::Action;
+use super::{Planned, RestoreClone, RestoreError, RestoreView, Restores};
+use crate::backup::files::Owner;
+use crate::pg::{self, Goal, Instance, InstanceSpec, PgBinaries};
+
+/// An instance this server process started.
+#[derive(Debug)]
+pub struct Running {
+    instance: Instance,
+    port: u16,
+    socket_dir: PathBuf,
+}
+
+impl Running {
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn stop(self) -> Result<(), String> {
+        let r = self.instance.stop().map_err(|e| e.to_string());
+        let _ = std::fs::remove_dir_all(&self.socket_dir);
+        r
+    }
+}
+
+/// Stops a postmaster left on a clone by an earlier server process, if any.
+pub fn stop_leftover(
+    restores: &Restores,
+    record: &crate::catalog::RestoreRecord,
+    c: &RestoreClone,
+) -> Result<(), String> {
+    let Ok(data) = c.data_dir(restores.storage()) else {
+        return Ok(());
+    };
+    if !pg::is_running(&data) {
+        return Ok(());
+    }
+    let bins = PgBinaries::locate(&restores.config().pg_bin, record.pg_major)
+        .map_err(|e| e.to_string())?;
+    pg::stop_dir(&bins, &data, restores.pg_user()).map_err(|e| e.to_string())
+}
+
+/// The restore_command of an instance on this server: the server's own binary unpacks
+/// archived files straight from the cluster's WAL directory.
+fn restore_command(restores: &Restores, planned: &Planned) -> Result<String, RestoreError> {
+    let exe = std::env::current_exe().map_err(RestoreError::io("find walvault-server's binary"))?;
+    let wal = restores.archive().wal_dir_path(&planned.cluster)?;
+    Ok(format!(
+        "{} wal-unpack {} %f %p",
+        shell_quote(&exe.display().to_string()),
+        shell_quote(&wal.display().to_string())
+    ))
+}
+
+fn shell_quote(s: &str) -> String {
+    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+        s.to_owned()
+    } else {
+        format!("\"{}\"", s.replace(['"', '\\', '$', '`'], "_"))
+    }
+}
+
+/// Clones, starts and recovers; returns once the target is reached. Nothing is left behind
+/// on failure.
+pub fn start(
+    restores: &Restores,
+    planned: &Planned,
+    progress: &mut dyn FnMut(&str),
+) -> Result<RestoreView, RestoreError> {
+    let started = Instant::now();
+    let id = planned.id.clone();
+    let fail = |detail: String| RestoreError::Instance {
+        id: id.clone(),
+        detail,
+    };
+    let bins = PgBinaries::locate(&restores.config().pg_bin, planned.pg_major)
+        .map_err(|e| fail(e.to_string()))?;
+    progress(&format!(
+        "cloning backup {} of {}",
+        planned.plan.backup.id, planned.cluster
+    ));
+    let c = restores.open_clone(planned, "instance", "", "")?;
+    let mut running: Option<Running> = None;
+    let result = (|| {
+        let data = c.data_dir(restores.storage())?;
+        // Tablespaces live in the clone's own datasets.
+        let mut dirs = Vec::new();
+        for a in c.areas(restores.storage())? {
+            if let walvault_proto::Area::Tablespace(oid) = a.area {
+                dirs.push((oid, a.dir.display().to_string()));
+            }
+        }
+        super::clone::rewrite_tablespace_map(&data, &dirs)
+            .map_err(RestoreError::io(format!("rewrite {}/tablespace_map", data.display())))?;
+        let cfg = restores.config();
+        let port = pg::free_port(&cfg.listen_address, cfg.ports, &restores.ports_taken())
+            .ok_or(RestoreError::NoPort {
+                id: id.clone(),
+                lo: cfg.ports.0,
+                hi: cfg.ports.1,
+            })?;
+        let socket_dir = PathBuf::from(format!("/tmp/walvault-{id}"));
+        make_private_dir(&socket_dir, restores.pg_user())?;
+        let spec = InstanceSpec {
+            pgdata: data.clone(),
+            port,
+            listen_address: cfg.listen_address.clone(),
+            socket_dir: socket_dir.clone(),
+            log_file: data.join("walvault-restore.log"),
+            os_user: restores.pg_user().to_owned(),
+            superuser: cfg.superuser.clone(),
+        };
+        let has_target = !planned.latest;
+        let mut settings: Vec<(String, String)> = planned
+            .plan
+            .settings
+            .iter()
+            .filter(|(k, _)| k != "recovery_target_action")
+            .map(|(k, v)| (k.clone(), unquote(v)))
+            .collect();
+        let action = planned.action;
+        if has_target {
+            let pg_action = match action {
+                Action::Shutdown => "shutdown",
+                Action::Promote | Action::Pause => "pause",
+            };
+            settings.push(("recovery_target_action".into(), pg_action.into()));
+        }
+        settings.push(("restore_command".into(), restore_command(restores, planned)?));
+        pg::prepare(&spec, &id, &settings, "recovery.signal").map_err(|e| fail(e.to_string()))?;
+        progress(&format!("starting PostgreSQL {} on port {port}", planned.pg_major));
+        let instance = Instance::start(&bins, spec).map_err(|e| fail(e.to_string()))?;
+        let conninfo = instance.conninfo();
+        running = Some(Running {
+            instance,
+            port,
+            socket_dir,
+        });
+        let Some(r) = running.as_ref() else {
+            return Err(fail("the instance vanished".into()));
+        };
+        let deadline = Instant::now() + cfg.wait;
+        let goal = match (has_target, action) {
+            (false, _) => Goal::Promoted,
+            (true, Action::Shutdown) => Goal::ShutDown,
+            (true, _) => Goal::Paused,
+        };
+        r.instance
+            .wait_for(goal, deadline, progress)
+            .map_err(|e| fail(e.to_string()))?;
+        let state = match (has_target, action) {
+            (true, Action::Promote) => {
+                progress("target reached; promoting");
+                r.instance.promote().map_err(|e| fail(e.to_string()))?;
+                r.instance
+                    .wait_for(Goal::Promoted, deadline, progress)
+                    .map_err(|e| fail(e.to_string()))?;
+                "ready"
+            }
+            (true, Action::Pause) => "paused",
+            (true, Action::Shutdown) => "stopped",
+            (false, _) => "ready",
+        };
+        let mut record = restores.restore(&id)?;
+        record.state = state.into();
+        record.port = (state != "stopped").then_some(port);
+        record.conninfo = if state == "stopped" {
+            String::new()
+        } else {
+            conninfo
+        };
+        record.duration_ms = started.elapsed().as_millis() as u64;
+        restores.catalog().put_restore(&record)?;
+        Ok(record)
+    })();
+    match result {
+        Ok(record) => {
+            if let Some(r) = running {
+                restores.register(&id, r);
+            }
+            tracing::info!(restore = %id, cluster = %planned.cluster, state = %record.state, "restore ready");
+            Ok(RestoreView {
+                record,
+                clone_bytes: 0,
+            })
+        }
+        Err(e) => {
+            tracing::warn!(restore = %id, cluster = %planned.cluster, "restore failed: {e}");
+            if let Some(r) = running {
+                let _ = r.stop();
+            }
+            // The postmaster may hold the clone for a moment after it exits.
+            for attempt in 0..10 {
+                match restores.close_clone(&c) {
+                    Ok(()) => break,
+                    Err(_) if attempt < 9 => std::thread::sleep(Duration::from_millis(500)),
+                    Err(e2) => tracing::error!(restore = %id, "clean up the failed restore: {e2}"),
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The plan's settings are quoted for a configuration file; `pg::prepare` quotes itself.
+fn unquote(v: &str) -> String {
+    v.strip_prefix('\'')
+        .and_then(|s| s.strip_suffix('\''))
+        .map(|s| s.replace("''", "'"))
+        .unwrap_or_else(|| v.to_owned())
+}
+
+fn make_private_dir(dir: &std::path::Path, user: &str) -> Result<(), RestoreError> {
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(RestoreError::io(format!("create {}", dir.display()))(e)),
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(RestoreError::io(format!("chmod {}", dir.display())))?;
+    Owner::apply(Owner::lookup(user), dir).map_err(RestoreError::io(format!("chown {}", dir.display())))
+}
