@@ -2,8 +2,10 @@
 # The main job on an embedded default: a file-backed ZFS pool, the walvault server on it, and a
 # PostgreSQL 15 cluster whose archive_command sends its WAL to the server over mutual TLS.
 # Shows what arrived, fetches one segment back and compares it, takes a full and an
-# incremental base backup (one ZFS snapshot each), then cleans everything up
-# (KEEP=1 leaves it all running and prints how to stop it).
+# incremental base backup (one ZFS snapshot each), restores to a point in time twice (as an
+# instance the server starts on a clone, and written out as a PGDATA), compares the data
+# with what the cluster held then, and cleans everything up (KEEP=1 leaves it all running
+# and prints how to stop it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -18,7 +20,9 @@ pgbin=/usr/lib/postgresql/15/bin
 server_pid=
 cleanup() {
     set +e
-    [ -f "$work/pg/postmaster.pid" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/pg" -m fast stop >/dev/null 2>&1
+    for d in "$work/pg" "$work/restored" "$work"/mnt/walvault/demo/main/restores/*/data; do
+        [ -f "$d/postmaster.pid" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$d" -m fast stop >/dev/null 2>&1
+    done
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
     if zpool list -H "$pool" >/dev/null 2>&1; then
         for _ in 1 2 3 4 5 6 7 8 9 10; do zfs destroy -r "$pool/walvault" 2>/dev/null && break; sleep 1; done
@@ -99,6 +103,48 @@ runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -
 backup
 "$bin/walvault" --config "$work/etc/agent.toml" backups
 zfs list -r -t snapshot -o name,used,referenced,createtxg "$pool/walvault/demo/main/db"
+
+step "a point in time: checksums of every table at T, then more pgbench"
+checksums() { # $@ = psql connection options
+    runuser -u postgres -- /usr/bin/psql -XAtq "$@" -c "select string_agg(format('%s=%s', c.relname, (xpath('/row/s/text()', query_to_xml(format('select sum(hashtext(t.*::text)) as s from %I t', c.relname), false, true, '')))[1]::text), ' ' order by c.relname) from pg_class c where c.relkind = 'r' and c.relnamespace = 'public'::regnamespace"
+}
+at_t=$(checksums -h "$work/sock" -p "$port" -U postgres)
+sleep 1
+t=$(psql -c "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+sleep 1
+echo "T = $t UTC: $at_t"
+runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -T 3 -c 2 postgres 2>&1 | grep -E '^tps'
+last=$(psql -c "select pg_walfile_name(pg_switch_wal())")
+for _ in $(seq 300); do
+    [ "$(psql -c 'select last_archived_wal from pg_stat_archiver')" = "$last" ] && break; sleep 0.2
+done
+admin window
+
+step "walvault restore --time T --to instance: PostgreSQL started on a clone, on the server"
+started=$(date +%s%N)
+info=$(admin restore --time "$t" --to instance --json)
+id=$(sed -n 's/.*"id": *"\([^"]*\)".*/\1/p' <<<"$info" | head -1)
+conninfo=$(sed -n 's/.*"conninfo": *"\([^"]*\)".*/\1/p' <<<"$info" | head -1)
+then_=$(checksums -d "$conninfo")
+echo "restore $id answered after $(( ($(date +%s%N) - started) / 1000000 )) ms: $conninfo"
+[ "$then_" = "$at_t" ] && echo "the instance holds exactly the data of T" || { echo "MISMATCH: $then_"; exit 1; }
+admin restores
+admin restores drop "$id"
+
+step "walvault restore --time T --to dir:$work/restored (run as postgres where PostgreSQL will run)"
+install -d -o postgres -m 700 "$work/restored"
+runuser -u postgres -- "$bin/walvault" --config "$work/etc/agent.toml" restore --time "$t" --to "dir:$work/restored" --quiet
+cat >>"$work/restored/postgresql.auto.conf" <<CONF
+port = $((port + 1))
+unix_socket_directories = '$work/sock'
+archive_mode = off
+CONF
+runuser -u postgres -- "$pgbin/pg_ctl" -D "$work/restored" -l "$work/log/restored.log" -w -t 300 start >/dev/null
+for _ in $(seq 300); do
+    [ "$(runuser -u postgres -- /usr/bin/psql -XAtq -h "$work/sock" -p $((port + 1)) -U postgres -c 'select pg_is_in_recovery()')" = f ] && break; sleep 0.2
+done
+then_=$(checksums -h "$work/sock" -p $((port + 1)) -U postgres)
+[ "$then_" = "$at_t" ] && echo "the restored directory holds exactly the data of T" || { echo "MISMATCH: $then_"; exit 1; }
 
 if [ "${KEEP:-0}" = 1 ]; then
     echo; echo "left running in $work (server pid $server_pid, PostgreSQL on $work/sock port $port, pool $pool)"

@@ -69,7 +69,8 @@ fn msg(part: backup_request::Part) -> pb::BackupRequest {
     pb::BackupRequest { part: Some(part) }
 }
 
-fn hostname() -> String {
+/// This host's name, for the server's listings.
+pub(crate) fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_default()
@@ -164,7 +165,7 @@ pub async fn run(
         })?;
     let total: u64 = entries.iter().map(|e| e.size).sum();
     let read = Arc::new(AtomicU64::new(0));
-    let progress = Progress::start(opts.progress, total, read.clone());
+    let progress = Progress::start(opts.progress, total, read.clone(), "read");
 
     let sender = Sender {
         out: out.clone(),

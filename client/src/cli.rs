@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use walvault_proto::{ClusterId, TenantId};
 
 use crate::config::DEFAULT_PATH;
@@ -78,6 +78,23 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The restorable window of a cluster, per timeline (times in UTC).
+    Window {
+        /// Print it as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a cluster to a point in time: into a directory on this host (run as the
+    /// PostgreSQL OS user), or as an instance the server starts on a clone.
+    Restore(Box<RestoreArgs>),
+    /// List restores (of --cluster, or all you may see), or drop one.
+    Restores {
+        /// Print them as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        command: Option<RestoresCommand>,
+    },
     /// Print the identity the server sees in our certificate.
     Whoami,
     /// Tenants (admin certificate).
@@ -117,6 +134,113 @@ pub enum ClusterCommand {
     List {
         #[arg(long)]
         tenant: Option<TenantId>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug, Clone, Default)]
+#[command(
+    after_help = "Examples:\n  walvault restore --cluster acme/orders --time '2026-11-22 10:03:00' --to dir:/srv/pg/orders\n  walvault restore --cluster acme/orders --lsn 0/3000028 --to instance\n  walvault restore --cluster acme/orders --standby --delta --to dir:/var/lib/postgresql/15/main \\\n      --primary-conninfo 'host=new-primary user=replicator'"
+)]
+pub struct RestoreArgs {
+    /// Recover to this time: "2026-11-22 10:03:00[.ffffff]" (UTC when no zone is given) or
+    /// RFC 3339 ("2026-11-22T10:03:00+01:00").
+    #[arg(
+        long,
+        value_name = "TIME",
+        help_heading = "Target (at most one; default --latest)"
+    )]
+    pub time: Option<String>,
+    /// Recover to this WAL location, like 0/3000028.
+    #[arg(
+        long,
+        value_name = "LSN",
+        help_heading = "Target (at most one; default --latest)"
+    )]
+    pub lsn: Option<String>,
+    /// Recover to the commit of this transaction id.
+    #[arg(
+        long,
+        value_name = "XID",
+        help_heading = "Target (at most one; default --latest)"
+    )]
+    pub xid: Option<String>,
+    /// Recover to this restore point (pg_create_restore_point).
+    #[arg(
+        long,
+        value_name = "NAME",
+        help_heading = "Target (at most one; default --latest)"
+    )]
+    pub name: Option<String>,
+    /// Stop as soon as the backup is consistent.
+    #[arg(long, help_heading = "Target (at most one; default --latest)")]
+    pub immediate: bool,
+    /// Replay all archived WAL.
+    #[arg(long, help_heading = "Target (at most one; default --latest)")]
+    pub latest: bool,
+    /// The timeline to recover along: a number or latest [default: latest].
+    #[arg(long, value_name = "N|latest")]
+    pub timeline: Option<String>,
+    /// Restore this backup instead of the one the server picks.
+    #[arg(long, value_name = "ID")]
+    pub backup: Option<String>,
+    /// What PostgreSQL does at the target.
+    #[arg(long, value_enum, default_value_t = ActionArg::Promote)]
+    pub action: ActionArg,
+    /// Stop just before the target instead of just after it (recovery_target_inclusive = off).
+    #[arg(long)]
+    pub exclusive: bool,
+    /// Where the restored cluster goes: dir:PATH (written by this client) or instance
+    /// (started on the server).
+    #[arg(long, value_name = "dir:PATH|instance")]
+    pub to: Option<String>,
+    /// PATH already holds a copy (an old primary, an earlier restore): rewrite only the blocks
+    /// that differ, delete what the backup does not have.
+    #[arg(long, help_heading = "Directory delivery")]
+    pub delta: bool,
+    /// Put the tablespace that was at OLD on the source at NEW (repeatable).
+    #[arg(long, value_name = "OLD=NEW", help_heading = "Directory delivery")]
+    pub tablespace_map: Vec<String>,
+    /// Set it up as a standby (standby.signal, following the latest timeline); only with
+    /// --latest.
+    #[arg(long, help_heading = "Directory delivery")]
+    pub standby: bool,
+    /// primary_conninfo for --standby.
+    #[arg(long, value_name = "CONNINFO", help_heading = "Directory delivery")]
+    pub primary_conninfo: Option<String>,
+    /// restore_command to write instead of this client's wal-fetch.
+    #[arg(long, value_name = "CMD", help_heading = "Directory delivery")]
+    pub restore_command: Option<String>,
+    /// Show the plan (backup, target, WAL to replay) and do nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// No progress display or messages.
+    #[arg(long, short)]
+    pub quiet: bool,
+    /// Print the result as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What PostgreSQL does when it reaches the target.
+#[derive(ValueEnum, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ActionArg {
+    /// End recovery and accept writes.
+    #[default]
+    Promote,
+    /// Stay in recovery, paused, for inspection (pg_wal_replay_resume() to go on).
+    Pause,
+    /// Stop the server.
+    Shutdown,
+}
+
+#[derive(Subcommand)]
+pub enum RestoresCommand {
+    /// Stop a restore's instance and destroy its clone.
+    Drop {
+        id: String,
+        /// Print the dropped restore as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -12,8 +12,9 @@ pub mod output;
 pub mod pgdata;
 pub mod postgres;
 pub mod progress;
+pub mod restore;
 
-use cli::{Cli, ClusterCommand, Command, TenantCommand};
+use cli::{Cli, ClusterCommand, Command, RestoresCommand, TenantCommand};
 use commands::wal_fetch::Fetched;
 use config::ClientConfig;
 use error::ClientError;
@@ -21,6 +22,10 @@ use error::ClientError;
 /// Runs a parsed command; `Ok(false)` means "failed quietly" (a WAL file the archive does
 /// not have), which exits 1 without alarm.
 pub async fn run(cli: Cli) -> Result<bool, ClientError> {
+    // A mistyped restore is refused before anything else, even without a configuration.
+    if let Command::Restore(args) = &cli.command {
+        commands::restore::check(args)?;
+    }
     let config = ClientConfig::load(&cli.config)?;
     let cluster = cli.cluster.as_ref();
     let size = |s: &Option<String>| -> Result<Option<u64>, ClientError> {
@@ -67,6 +72,15 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             commands::backup::run(&config, cluster, opts, json).await?
         }
         Command::Backups { json } => commands::backup::list(&config, cluster, json).await?,
+        Command::Window { json } => commands::restore::window(&config, cluster, json).await?,
+        Command::Restore(args) => commands::restore::run(&config, cluster, &args).await?,
+        Command::Restores { json, command } => match command {
+            None => commands::restore::list(&config, cluster, json).await?,
+            Some(RestoresCommand::Drop {
+                id,
+                json: drop_json,
+            }) => commands::restore::drop(&config, &id, json || drop_json).await?,
+        },
         Command::Whoami => commands::admin::whoami(&config).await?,
         Command::Tenant(TenantCommand::Create { name, quota, dedup }) => {
             commands::admin::tenant_create(&config, &name, size(&quota)?, dedup).await?

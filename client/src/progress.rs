@@ -1,4 +1,4 @@
-//! The progress line of a backup in a terminal: bytes read, rate, time left. Shown only when
+//! The progress line of a backup or a restore in a terminal: bytes done, rate, time left. Shown only when
 //! stdout and stderr are terminals and `--quiet` was not given; drawn on stderr.
 
 use std::io::IsTerminal;
@@ -13,16 +13,17 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Starts drawing `done` against `total` if `wanted` and we are in a terminal.
-    pub fn start(wanted: bool, total: u64, done: Arc<AtomicU64>) -> Self {
+    /// Starts drawing `done` against `total` if `wanted` and we are in a terminal; `what`
+    /// says what the bytes are ("read", "restored").
+    pub fn start(wanted: bool, total: u64, done: Arc<AtomicU64>, what: &str) -> Self {
         if !wanted || !std::io::stdout().is_terminal() || !std::io::stderr().is_terminal() {
             return Self { bar: None };
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
         bar.set_style(
-            ProgressStyle::with_template(
-                "{bar:30} {binary_bytes}/{binary_total_bytes} read, {binary_bytes_per_sec}, {eta} left",
-            )
+            ProgressStyle::with_template(&format!(
+                "{{bar:30}} {{binary_bytes}}/{{binary_total_bytes}} {what}, {{binary_bytes_per_sec}}, {{eta}} left",
+            ))
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         let ticker = {
