@@ -128,7 +128,7 @@ pub fn start(
             .settings
             .iter()
             .filter(|(k, _)| k != "recovery_target_action")
-            .map(|(k, v)| (k.clone(), unquote(v)))
+            .cloned()
             .collect();
         let action = planned.action;
         if has_target {
@@ -212,14 +212,6 @@ pub fn start(
             Err(e)
         }
     }
-}
-
-/// The plan's settings are quoted for a configuration file; `pg::prepare` quotes itself.
-fn unquote(v: &str) -> String {
-    v.strip_prefix('\'')
-        .and_then(|s| s.strip_suffix('\''))
-        .map(|s| s.replace("''", "'"))
-        .unwrap_or_else(|| v.to_owned())
 }
 
 fn make_private_dir(dir: &std::path::Path, user: &str) -> Result<(), RestoreError> {

@@ -100,7 +100,7 @@ pub struct Request {
 pub struct Plan {
     pub backup: BackupPoint,
     pub timeline: TimelineId,
-    /// `recovery_target*` settings, in the order they are written.
+    /// `recovery_target*` settings, in the order they are written; values unquoted.
     pub settings: Vec<(String, String)>,
     /// The target in words.
     pub target: String,
@@ -346,10 +346,6 @@ pub fn window(facts: &Facts, timeline: TimelineId) -> Window {
     }
 }
 
-fn quote(v: &str) -> String {
-    format!("'{}'", v.replace('\'', "''"))
-}
-
 /// PostgreSQL's input format for a UTC timestamp with microseconds.
 pub fn pg_timestamp(micros: i64) -> String {
     let s = utc_time_micros(micros);
@@ -479,20 +475,20 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
     let mut settings = Vec::new();
     let mut set = |k: &str, v: String| settings.push((k.to_owned(), v));
     match &req.target {
-        Target::Time(t) => set("recovery_target_time", quote(&pg_timestamp(*t))),
-        Target::Lsn(l) => set("recovery_target_lsn", quote(&l.to_string())),
-        Target::Xid { xid, .. } => set("recovery_target_xid", quote(&xid.to_string())),
-        Target::RestorePoint(n) => set("recovery_target_name", quote(n)),
-        Target::Immediate => set("recovery_target", quote("immediate")),
+        Target::Time(t) => set("recovery_target_time", pg_timestamp(*t)),
+        Target::Lsn(l) => set("recovery_target_lsn", l.to_string()),
+        Target::Xid { xid, .. } => set("recovery_target_xid", xid.to_string()),
+        Target::RestorePoint(n) => set("recovery_target_name", n.clone()),
+        Target::Immediate => set("recovery_target", "immediate".into()),
         Target::Latest => {}
     }
     let has_target = req.target != Target::Latest;
     if has_target && !req.inclusive {
-        set("recovery_target_inclusive", quote("off"));
+        set("recovery_target_inclusive", "off".into());
     }
-    set("recovery_target_timeline", quote(&timeline.0.to_string()));
+    set("recovery_target_timeline", timeline.0.to_string());
     if has_target {
-        set("recovery_target_action", quote(req.action.as_str()));
+        set("recovery_target_action", req.action.as_str().into());
     }
     Ok(Plan {
         backup: chosen.clone(),

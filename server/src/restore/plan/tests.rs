@@ -86,10 +86,10 @@ fn a_time_picks_the_newest_snapshot_consistent_before_it() {
     assert_eq!(p.backup.id, "B");
     assert_eq!(
         setting(&p, "recovery_target_time"),
-        Some("'2026-09-21 14:14:35.000000+00'")
+        Some("2026-09-21 14:14:35.000000+00")
     );
-    assert_eq!(setting(&p, "recovery_target_timeline"), Some("'1'"));
-    assert_eq!(setting(&p, "recovery_target_action"), Some("'promote'"));
+    assert_eq!(setting(&p, "recovery_target_timeline"), Some("1"));
+    assert_eq!(setting(&p, "recovery_target_action"), Some("promote"));
     // Between A's and B's consistent points: A.
     let p = plan(&f, &req(Target::Time(T0 + 45_000_000))).unwrap();
     assert_eq!(p.backup.id, "A");
@@ -112,7 +112,7 @@ fn times_outside_the_window_are_refused_with_the_window() {
     let mut r = req(Target::Time(T0 + 100_000_000));
     r.inclusive = false;
     let p = plan(&f, &r).unwrap();
-    assert_eq!(setting(&p, "recovery_target_inclusive"), Some("'off'"));
+    assert_eq!(setting(&p, "recovery_target_inclusive"), Some("off"));
 }
 
 #[test]
@@ -120,7 +120,7 @@ fn lsn_and_xid_targets_need_a_snapshot_consistent_at_or_before_them() {
     let f = one_timeline();
     let p = plan(&f, &req(Target::Lsn(lsn(6, 1000)))).unwrap();
     assert_eq!(p.backup.id, "B");
-    assert_eq!(setting(&p, "recovery_target_lsn"), Some("'0/60003E8'"));
+    assert_eq!(setting(&p, "recovery_target_lsn"), Some("0/60003E8"));
     let p = plan(&f, &req(Target::Lsn(lsn(6, 999)))).unwrap();
     assert_eq!(p.backup.id, "A");
     let p = plan(
@@ -132,7 +132,7 @@ fn lsn_and_xid_targets_need_a_snapshot_consistent_at_or_before_them() {
     )
     .unwrap();
     assert_eq!(p.backup.id, "A");
-    assert_eq!(setting(&p, "recovery_target_xid"), Some("'777'"));
+    assert_eq!(setting(&p, "recovery_target_xid"), Some("777"));
     // Before the oldest snapshot, and past the archive's end.
     for l in [lsn(2, 999), lsn(10, SEG - 100), lsn(11, 0)] {
         let e = plan(&f, &req(Target::Lsn(l))).unwrap_err();
@@ -145,7 +145,7 @@ fn immediate_and_latest_take_the_newest_snapshot() {
     let f = one_timeline();
     let p = plan(&f, &req(Target::Immediate)).unwrap();
     assert_eq!(p.backup.id, "B");
-    assert_eq!(setting(&p, "recovery_target"), Some("'immediate'"));
+    assert_eq!(setting(&p, "recovery_target"), Some("immediate"));
     let p = plan(&f, &req(Target::Latest)).unwrap();
     assert_eq!(p.backup.id, "B");
     assert_eq!(setting(&p, "recovery_target_action"), None);
@@ -174,7 +174,7 @@ fn restore_points_resolve_and_ambiguity_is_refused() {
     assert_eq!(p.backup.id, "B");
     assert_eq!(
         setting(&p, "recovery_target_name"),
-        Some("'before-upgrade'")
+        Some("before-upgrade")
     );
     let e = plan(&f, &req(Target::RestorePoint("nope".into())))
         .unwrap_err()
@@ -189,7 +189,7 @@ fn restore_points_resolve_and_ambiguity_is_refused() {
     let s = f.segments.get_mut(&(tl(1), 9)).unwrap();
     s.restore_points.push(("it's".into(), lsn(9, 10)));
     let p = plan(&f, &req(Target::RestorePoint("it's".into()))).unwrap();
-    assert_eq!(setting(&p, "recovery_target_name"), Some("'it''s'"));
+    assert_eq!(setting(&p, "recovery_target_name"), Some("it's"));
 }
 
 #[test]
@@ -238,7 +238,7 @@ fn timelines_follow_their_history() {
     r.timeline = Some(tl(1));
     let p = plan(&f, &r).unwrap();
     assert_eq!(p.backup.id, "C");
-    assert_eq!(setting(&p, "recovery_target_timeline"), Some("'1'"));
+    assert_eq!(setting(&p, "recovery_target_timeline"), Some("1"));
     // C is not on timeline 2's history (it is past the switch).
     let mut r = req(Target::Immediate);
     r.backup = Some("C".into());
@@ -250,7 +250,7 @@ fn timelines_follow_their_history() {
     // timeline 2's copy of segment 5.
     let p = plan(&f, &req(Target::Time(T0 + 45_000_000))).unwrap();
     assert_eq!(p.backup.id, "A");
-    assert_eq!(setting(&p, "recovery_target_timeline"), Some("'2'"));
+    assert_eq!(setting(&p, "recovery_target_timeline"), Some("2"));
     // Timeline 2 reads segment 5 from its own file, so timeline 1's 6 and 7 never matter.
     let w = window(&f, tl(2));
     assert_eq!(w.parent, Some((tl(1), lsn(5, 5000))));
