@@ -11,6 +11,7 @@ pub mod backup;
 mod client;
 mod command;
 pub(crate) mod pg;
+pub mod restore;
 mod server;
 mod testdir;
 pub mod wal;

@@ -389,6 +389,12 @@ pub struct Walvault {
 impl Walvault {
     /// `init` with the test's storage, catalog in the test directory, then `run`.
     pub fn start(td: &TestDir, storage: &Storage) -> Self {
+        Self::start_with(td, storage, "")
+    }
+
+    /// Like [`Walvault::start`], with `extra` (TOML, such as a `[restore]` section) appended
+    /// to the `server.toml` that `init` wrote, before the server starts.
+    pub fn start_with(td: &TestDir, storage: &Storage, extra: &str) -> Self {
         let catalog = td.join("catalog");
         let (certs, config) = Certs::init(
             td,
@@ -406,6 +412,16 @@ impl Walvault {
         );
         // Clients running as postgres must read the CA certificate.
         chmod(&certs.ca_cert(), 0o644);
+        if !extra.is_empty() {
+            let mut text = std::fs::read_to_string(&config)
+                .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));
+            text.push('\n');
+            text.push_str(extra);
+            std::fs::write(&config, text)
+                .unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
+            td.log()
+                .line(&format!("appended to {}:\n{extra}", config.display()));
+        }
         let server = Server::start(td, &config);
         let admin_id = certs.admin();
         let admin = Client::new(
@@ -455,6 +471,18 @@ impl Walvault {
         );
         cfg.compression = Some(compression.to_owned());
         Client::new(&self.td_path, &self.log, &stem, &cfg, Some(super::PG_USER))
+    }
+
+    /// An operator certificate of `tenant` and a client config using it (no default
+    /// cluster: commands name one with `--cluster`), run as `user` (`None`: ourselves, root;
+    /// `postgres` for restores into a directory, which refuse to run as root).
+    pub fn operator(&self, tenant: &str, user: Option<&str>) -> Client {
+        let stem = format!("operator-{tenant}-{}", user.unwrap_or("root"));
+        let id = self
+            .certs
+            .issue(&["--operator", tenant], &stem, user.is_some());
+        let cfg = ClientConfig::new(&self.server, &self.certs.ca_cert(), Some(&id), None);
+        Client::new(&self.td_path, &self.log, &stem, &cfg, user)
     }
 }
 
