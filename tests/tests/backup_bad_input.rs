@@ -15,15 +15,7 @@ use walvault_tests::harness::{
 };
 
 /// Words any reasonable refusal of an identity acting outside its rights contains.
-const NOT_ALLOWED: &[&str] = &[
-    "may not",
-    "not allowed",
-    "permission",
-    "denied",
-    "not authorized",
-    "unauthorized",
-    "forbidden",
-];
+use walvault_tests::harness::NOT_ALLOWED;
 
 /// Nothing claims to be a backup: no snapshot under `db`, nothing listed.
 fn assert_no_backup(d: &Deployment, agent: &Client) {

@@ -14,15 +14,7 @@ use walvault_tests::harness::{
 };
 
 /// Words any reasonable refusal of an identity acting outside its rights contains.
-const NOT_ALLOWED: &[&str] = &[
-    "may not",
-    "not allowed",
-    "permission",
-    "denied",
-    "not authorized",
-    "unauthorized",
-    "forbidden",
-];
+use walvault_tests::harness::NOT_ALLOWED;
 
 /// Runs `args` and expects the documented refusal naming one of `words`.
 fn refused(client: &Client, args: &[&str], words: &[&str]) -> String {

@@ -696,12 +696,17 @@ impl Deployment {
     /// `None` (skipped) when PostgreSQL or ZFS are missing. With `scale`, the primary holds a
     /// pgbench database of that scale (`pgbench -i -s <scale>`: about 16 MB per unit).
     pub fn start(name: &str, scale: Option<u32>) -> Option<Self> {
+        Self::start_with(name, scale, "")
+    }
+
+    /// As `start`, with `extra_toml` appended to the server's configuration.
+    pub fn start_with(name: &str, scale: Option<u32>, extra_toml: &str) -> Option<Self> {
         if !super::e2e_ready() {
             return None;
         }
         let td = TestDir::new(name);
         let storage = Storage::create(&td)?;
-        let wv = super::Walvault::start(&td, &storage);
+        let wv = super::Walvault::start_with(&td, &storage, extra_toml);
         wv.tenant_create("acme", None);
         wv.cluster_create(CLUSTER);
         let agent = wv.agent(CLUSTER);

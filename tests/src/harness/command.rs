@@ -167,3 +167,14 @@ pub fn run_ok(log: &Log, cmd: &mut Command, timeout: Duration) -> String {
     assert!(r.success(), "{}", r.describe());
     r.stdout
 }
+
+/// Words any reasonable refusal of an identity acting outside its rights contains.
+pub const NOT_ALLOWED: &[&str] = &[
+    "may not",
+    "not allowed",
+    "permission",
+    "denied",
+    "not authorized",
+    "unauthorized",
+    "forbidden",
+];

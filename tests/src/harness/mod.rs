@@ -20,7 +20,7 @@ mod zpool;
 use std::time::{Duration, Instant};
 
 pub use client::{Client, ClientConfig};
-pub use command::{run, run_ok, Log, Run};
+pub use command::{run, run_ok, Log, Run, NOT_ALLOWED};
 pub use pg::Pg;
 pub use server::{binary, Certs, Identity, Server, Walvault};
 pub use testdir::TestDir;

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use walvault_proto::Lsn;
 
 use super::backup::{Deployment, CLUSTER};
-use super::{run, Client, Log, Pg, Run, Storage, TestDir, Walvault, PG_USER};
+use super::{run, Client, Log, Pg, Run, Storage, TestDir, PG_USER};
 
 /// Where the ports of the server's instances come from: below the kernel's ephemeral range
 /// (32768 and up on Linux), from which [`super::free_port`], and so every [`Pg`] of the
@@ -31,16 +31,7 @@ const PG_TIMEOUT: Duration = Duration::from_secs(180);
 /// Quiet around a recorded time (not a wait for readiness: commit times must differ).
 const APART: Duration = Duration::from_millis(1100);
 
-/// Words any reasonable refusal of an identity acting outside its rights contains.
-pub const NOT_ALLOWED: &[&str] = &[
-    "may not",
-    "not allowed",
-    "permission",
-    "denied",
-    "not authorized",
-    "unauthorized",
-    "forbidden",
-];
+pub use super::command::NOT_ALLOWED;
 
 /// A range of `count` ports, all free when chosen, that this process never handed out
 /// before. Processes start at different places (by pid), so that test binaries run side by
@@ -339,29 +330,9 @@ impl Lab {
     /// Like [`Deployment::start`], with a `[restore]` section in the server's configuration.
     /// `None` (skipped) when PostgreSQL or ZFS are missing.
     pub fn start(name: &str, scale: Option<u32>) -> Option<Self> {
-        if !super::e2e_ready() {
-            return None;
-        }
-        let td = TestDir::new(name);
-        let storage = Storage::create(&td)?;
         let ports = restore_ports(PORTS_PER_SERVER);
-        let wv = Walvault::start_with(&td, &storage, &restore_section(ports));
-        wv.tenant_create("acme", None);
-        wv.cluster_create(CLUSTER);
-        let agent = wv.agent(CLUSTER);
-        let operator = wv.operator("acme", None);
-        let mut primary = Pg::init(&td, "primary", &super::wal::archive_conf(&agent));
-        primary.start();
-        if let Some(s) = scale {
-            primary.pgbench(&["-i", "-s", &s.to_string(), "-q"]);
-        }
-        let d = Deployment {
-            primary,
-            agent,
-            wv,
-            storage,
-            td,
-        };
+        let d = Deployment::start_with(name, scale, &restore_section(ports))?;
+        let operator = d.wv.operator("acme", None);
         Some(Self {
             d,
             operator,
