@@ -39,6 +39,9 @@ pub mod backup_props {
     pub const STATS: &str = "stats";
 }
 
+/// Property of a restore's dataset (`restores/<id>`): the catalog's record, as JSON.
+pub const RESTORE_PROPERTY: &str = "restore";
+
 /// Record size of PGDATA datasets: PostgreSQL's page size, so a changed page rewrites one
 /// record.
 pub const DATA_RECORDSIZE: u32 = 8 << 10;

@@ -253,12 +253,13 @@ fn main() -> ExitCode {
                 eprintln!("skipped {s}");
             }
             println!(
-                "rebuilt the catalog: {} tenants, {} clusters, {} WAL files, {} backups, {} files \
-                 hashed into block manifests",
+                "rebuilt the catalog: {} tenants, {} clusters, {} WAL files, {} backups, {} \
+                 restores, {} files hashed into block manifests",
                 report.tenants,
                 report.clusters,
                 report.wal_files,
                 report.backups,
+                report.restores,
                 report.manifest_files
             );
             Ok(())

@@ -44,7 +44,7 @@ fn assert_auto_conf_sets(data: &Path, name: &str) {
 
 #[test]
 fn time_target_both_deliveries() {
-    let Some(lab) = Lab::start("restore_time", Some(3)) else {
+    let Some(mut lab) = Lab::start("restore_time", Some(3)) else {
         return;
     };
     let d = &lab.d;
@@ -103,6 +103,20 @@ fn time_target_both_deliveries() {
     assert_eq!(entry.state, "ready", "{entry:?}");
     assert!(inst.port_open());
 
+    // The instance outlives a server restart and a catalog rebuild, and is still listed.
+    lab.d.wv.server.stop();
+    lab.d.wv.server.catalog_rebuild();
+    lab.d.wv.server.restart();
+    let listed = lab.restores();
+    assert!(
+        listed
+            .iter()
+            .any(|r| r.id == inst.info.id && r.state == "ready"),
+        "after a rebuild `restores` does not list {} as ready: {listed:?}",
+        inst.info.id
+    );
+    assert!(inst.port_open());
+
     lab.drop_restore(&inst.info.id);
     let listed = lab.restores();
     assert!(
@@ -115,7 +129,7 @@ fn time_target_both_deliveries() {
         || (!inst.port_open()).then_some(()),
     );
     // The source went on undisturbed.
-    assert_eq!(d.primary.checksums(), last);
+    assert_eq!(lab.d.primary.checksums(), last);
 }
 
 #[test]

@@ -39,6 +39,7 @@ pub struct RebuildReport {
     pub clusters: usize,
     pub wal_files: usize,
     pub backups: usize,
+    pub restores: usize,
     /// Files hashed into block manifests.
     pub manifest_files: u64,
     /// Things that were skipped, one line each.
@@ -136,6 +137,44 @@ fn rebuild_clusters(
         report.clusters += 1;
         rebuild_wal(catalog, storage, &id, report)?;
         rebuild_backups(catalog, storage, &id, report)?;
+        rebuild_restores(catalog, storage, &id, report)?;
+    }
+    Ok(())
+}
+
+/// Restores from the record each clone's dataset carries.
+fn rebuild_restores(
+    catalog: &Catalog,
+    storage: &dyn Storage,
+    cluster: &ClusterId,
+    report: &mut RebuildReport,
+) -> Result<(), RebuildError> {
+    let l = layout::ClusterLayout::of(cluster).map_err(st("name cluster datasets"))?;
+    if !storage.exists(&l.restores).map_err(st("look for restores"))? {
+        return Ok(());
+    }
+    for id in storage
+        .children(&l.restores)
+        .map_err(st(format!("list the restores of {cluster}")))?
+    {
+        let ds = l.restores.join(&id).map_err(st("name a restore dataset"))?;
+        let props = storage
+            .properties(&ds)
+            .map_err(st(format!("read properties of {ds}")))?;
+        match props
+            .get(layout::RESTORE_PROPERTY)
+            .and_then(|j| serde_json::from_str::<super::RestoreRecord>(j).ok())
+        {
+            Some(r) if r.id == id && r.cluster == *cluster => {
+                catalog.put_restore(&r)?;
+                report.restores += 1;
+            }
+            _ => report.skipped.push(format!(
+                "dataset {ds}: no valid {}{} property (destroy it by hand if it is a leftover clone)",
+                crate::storage::PROPERTY_PREFIX,
+                layout::RESTORE_PROPERTY
+            )),
+        }
     }
     Ok(())
 }

@@ -182,7 +182,7 @@ pub fn start(
             conninfo
         };
         record.duration_ms = started.elapsed().as_millis() as u64;
-        restores.catalog().put_restore(&record)?;
+        restores.save(&record)?;
         Ok(record)
     })();
     match result {

@@ -384,11 +384,23 @@ impl Restores {
             detail: String::new(),
             pg_major: planned.pg_major,
         };
-        if let Err(e) = self.catalog.put_restore(&record) {
+        if let Err(e) = self.save(&record) {
             let _ = c.destroy(self.storage.as_ref());
-            return Err(e.into());
+            return Err(e);
         }
         Ok(c)
+    }
+
+    /// Records a restore in the catalog and on its clone's dataset (`walvault:restore`), from
+    /// which `catalog rebuild` recovers it.
+    pub(crate) fn save(&self, record: &RestoreRecord) -> Result<(), RestoreError> {
+        let c = RestoreClone::existing(&record.cluster, &record.id)?;
+        let json = serde_json::to_string(record).unwrap_or_default();
+        self.storage
+            .set_property(c.dataset(), crate::layout::RESTORE_PROPERTY, &json)
+            .map_err(RestoreError::storage(format!("label restore {}", record.id)))?;
+        self.catalog.put_restore(record)?;
+        Ok(())
     }
 
     /// Destroys a clone and forgets its restore. Blocking.
@@ -464,9 +476,6 @@ impl Restores {
 
     pub(crate) fn storage(&self) -> &dyn Storage {
         self.storage.as_ref()
-    }
-    pub(crate) fn catalog(&self) -> &Catalog {
-        &self.catalog
     }
     pub(crate) fn config(&self) -> &RestoreConfig {
         &self.config
