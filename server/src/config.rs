@@ -127,7 +127,9 @@ fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
     }
     if let Some(a) = raw.listen_address {
         if a.trim().is_empty() || a.contains(['\'', '\n']) {
-            return Err(format!("restore.listen_address = {a:?} is not a host address"));
+            return Err(format!(
+                "restore.listen_address = {a:?} is not a host address"
+            ));
         }
         c.listen_address = a;
     }
@@ -313,8 +315,14 @@ dataset = "tank/walvault"
                 "ceph",
             ),
             (format!("pg_user = \"root\"\n{GOOD}"), "unprivileged"),
-            (format!("{GOOD}\n[restore]\nports = \"9-1\"\n"), "restore.ports"),
-            (format!("{GOOD}\n[restore]\npg_bin = \"bin\"\n"), "restore.pg_bin"),
+            (
+                format!("{GOOD}\n[restore]\nports = \"9-1\"\n"),
+                "restore.ports",
+            ),
+            (
+                format!("{GOOD}\n[restore]\npg_bin = \"bin\"\n"),
+                "restore.pg_bin",
+            ),
         ];
         for (text, needle) in cases {
             let err = Config::parse(&text, Path::new("/")).unwrap_err();

@@ -37,10 +37,7 @@ fn invalid(msg: impl Into<String>) -> Status {
 }
 
 /// The request's cluster and what to restore, checked.
-fn spec(
-    p: &crate::auth::Principal,
-    r: pb::RestoreRequest,
-) -> Result<RestoreSpec, Status> {
+fn spec(p: &crate::auth::Principal, r: pb::RestoreRequest) -> Result<RestoreSpec, Status> {
     let cluster = p
         .resolve_cluster(cluster_ref(r.cluster)?)
         .map_err(status::auth)?;
@@ -68,7 +65,11 @@ fn spec(
     };
     let backup = (!r.backup.is_empty()).then_some(r.backup);
     if let Some(b) = &backup {
-        if b.len() > 64 || !b.chars().all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c)) {
+        if b.len() > 64
+            || !b
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.:-".contains(c))
+        {
             return Err(invalid(format!("{b:?} is not a backup id")));
         }
     }
@@ -89,7 +90,12 @@ fn cluster_pb(c: &ClusterId) -> pb::ClusterRef {
     }
 }
 
-fn plan_pb(p: &Planned, areas: Vec<pb::Area>, bytes_total: u64, files_total: u64) -> pb::RestorePlan {
+fn plan_pb(
+    p: &Planned,
+    areas: Vec<pb::Area>,
+    bytes_total: u64,
+    files_total: u64,
+) -> pb::RestorePlan {
     pb::RestorePlan {
         restore_id: p.id.clone(),
         backup_id: p.plan.backup.id.clone(),
@@ -162,18 +168,26 @@ fn dir_msg(part: restore_dir_response::Part) -> pb::RestoreDirResponse {
 }
 
 /// The client's manifest of what the target directory holds, until `local_end`.
-async fn receive_local(inbound: &mut Streaming<pb::RestoreDirRequest>) -> Result<LocalManifest, Status> {
+async fn receive_local(
+    inbound: &mut Streaming<pb::RestoreDirRequest>,
+) -> Result<LocalManifest, Status> {
     let mut local = LocalManifest::new();
     loop {
         let msg = tokio::time::timeout(CLIENT_WAIT, inbound.message())
             .await
-            .map_err(|_| Status::deadline_exceeded("the client sent no local manifest in time"))??;
+            .map_err(|_| {
+                Status::deadline_exceeded("the client sent no local manifest in time")
+            })??;
         match msg.and_then(|m| m.part) {
             Some(restore_dir_request::Part::Local(e)) => {
                 let area = e.area.parse::<Area>().map_err(|x| invalid(x.to_string()))?;
-                let path = e.path.parse::<RelPath>().map_err(|x| invalid(x.to_string()))?;
-                let hashes = split_hashes(&e.hashes)
-                    .ok_or_else(|| invalid(format!("{area}/{path}: hashes are not 32-byte values")))?;
+                let path = e
+                    .path
+                    .parse::<RelPath>()
+                    .map_err(|x| invalid(x.to_string()))?;
+                let hashes = split_hashes(&e.hashes).ok_or_else(|| {
+                    invalid(format!("{area}/{path}: hashes are not 32-byte values"))
+                })?;
                 let entry = local.entry((area, path)).or_insert_with(|| LocalFile {
                     directory: e.directory,
                     size: e.size,
@@ -194,9 +208,7 @@ async fn receive_local(inbound: &mut Streaming<pb::RestoreDirRequest>) -> Result
                 }
             }
             Some(restore_dir_request::Part::LocalEnd(_)) => return Ok(local),
-            Some(restore_dir_request::Part::Start(_)) => {
-                return Err(invalid("start sent twice"))
-            }
+            Some(restore_dir_request::Part::Start(_)) => return Err(invalid("start sent twice")),
             None => return Err(Status::cancelled("the client ended the stream")),
         }
     }
@@ -416,7 +428,8 @@ impl pb::restore_server::Restore for RestoreApi {
             p.may_read(c).map_err(status::auth)?;
         }
         let restores = self.domain.restores.clone();
-        let views = blocking(move || restores.list(named.as_ref()).map_err(status::restore)).await?;
+        let views =
+            blocking(move || restores.list(named.as_ref()).map_err(status::restore)).await?;
         Ok(Response::new(pb::ListRestoresResponse {
             restores: views
                 .iter()

@@ -87,10 +87,8 @@ pub fn restore(e: RestoreError) -> Status {
         E::Invalid(_) => refuse(Code::InvalidArgument, msg),
         E::NoPort { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(a),
-        E::Instance { .. }
-        | E::Index(_)
-        | E::Catalog(_)
-        | E::Storage { .. }
-        | E::Io { .. } => fail(msg),
+        E::Instance { .. } | E::Index(_) | E::Catalog(_) | E::Storage { .. } | E::Io { .. } => {
+            fail(msg)
+        }
     }
 }

@@ -150,7 +150,10 @@ fn rebuild_restores(
     report: &mut RebuildReport,
 ) -> Result<(), RebuildError> {
     let l = layout::ClusterLayout::of(cluster).map_err(st("name cluster datasets"))?;
-    if !storage.exists(&l.restores).map_err(st("look for restores"))? {
+    if !storage
+        .exists(&l.restores)
+        .map_err(st("look for restores"))?
+    {
         return Ok(());
     }
     for id in storage

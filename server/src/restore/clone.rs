@@ -72,8 +72,9 @@ pub fn format_tablespace_map(entries: &[(u32, String)]) -> String {
 
 impl RestoreClone {
     fn paths(cluster: &ClusterId, id: &str) -> Result<(ClusterLayout, DatasetPath), RestoreError> {
-        let l = ClusterLayout::of(cluster)
-            .map_err(RestoreError::storage(format!("name the datasets of {cluster}")))?;
+        let l = ClusterLayout::of(cluster).map_err(RestoreError::storage(format!(
+            "name the datasets of {cluster}"
+        )))?;
         let dataset = l
             .restores
             .join(id)
@@ -138,11 +139,11 @@ impl RestoreClone {
                     let to = parent
                         .join(&oid.to_string())
                         .map_err(RestoreError::storage(ctx("name a tablespace")))?;
-                    storage.clone_snapshot(&from, backup, &to).map_err(
-                        RestoreError::storage(ctx(&format!(
+                    storage
+                        .clone_snapshot(&from, backup, &to)
+                        .map_err(RestoreError::storage(ctx(&format!(
                             "clone tablespace {oid} of backup {backup}"
-                        ))),
-                    )?;
+                        ))))?;
                 }
             }
             Ok(())
@@ -158,7 +159,10 @@ impl RestoreClone {
     fn child(&self, name: &str) -> Result<DatasetPath, RestoreError> {
         self.dataset
             .join(name)
-            .map_err(RestoreError::storage(format!("name {name} of restore {}", self.id)))
+            .map_err(RestoreError::storage(format!(
+                "name {name} of restore {}",
+                self.id
+            )))
     }
 
     pub fn id(&self) -> &str {
@@ -176,7 +180,10 @@ impl RestoreClone {
     pub fn data_dir(&self, storage: &dyn Storage) -> Result<PathBuf, RestoreError> {
         storage
             .mountpoint(&self.child("data")?)
-            .map_err(RestoreError::storage(format!("find the data of restore {}", self.id)))
+            .map_err(RestoreError::storage(format!(
+                "find the data of restore {}",
+                self.id
+            )))
     }
 
     /// The tablespaces of the cloned backup, from its `tablespace_map`.
@@ -199,15 +206,21 @@ impl RestoreClone {
             location: String::new(),
         }];
         for (oid, location) in self.tablespaces(storage)? {
-            let ds = self.child("tblspc")?.join(&oid.to_string()).map_err(
-                RestoreError::storage(format!("name tablespace {oid} of restore {}", self.id)),
-            )?;
+            let ds =
+                self.child("tblspc")?
+                    .join(&oid.to_string())
+                    .map_err(RestoreError::storage(format!(
+                        "name tablespace {oid} of restore {}",
+                        self.id
+                    )))?;
             out.push(CloneArea {
                 area: Area::Tablespace(oid),
-                dir: storage.mountpoint(&ds).map_err(RestoreError::storage(format!(
-                    "find tablespace {oid} of restore {}",
-                    self.id
-                )))?,
+                dir: storage
+                    .mountpoint(&ds)
+                    .map_err(RestoreError::storage(format!(
+                        "find tablespace {oid} of restore {}",
+                        self.id
+                    )))?,
                 location,
             });
         }

@@ -89,7 +89,12 @@ pub fn walk(areas: &[CloneArea]) -> Result<Vec<Entry>, RestoreError> {
     Ok(out)
 }
 
-fn walk_dir(area: &CloneArea, dir: &Path, rel: &str, out: &mut Vec<Entry>) -> Result<(), RestoreError> {
+fn walk_dir(
+    area: &CloneArea,
+    dir: &Path,
+    rel: &str,
+    out: &mut Vec<Entry>,
+) -> Result<(), RestoreError> {
     let rd = fs::read_dir(dir).map_err(RestoreError::io(format!("list {}", dir.display())))?;
     for e in rd {
         let e = e.map_err(RestoreError::io(format!("list {}", dir.display())))?;
@@ -138,8 +143,8 @@ pub fn send(
 ) -> Result<Option<DirStats>, RestoreError> {
     let started = Instant::now();
     let mut stats = DirStats::default();
-    let mut zstd = zstd::bulk::Compressor::new(ZSTD_LEVEL)
-        .map_err(RestoreError::io("set up zstd"))?;
+    let mut zstd =
+        zstd::bulk::Compressor::new(ZSTD_LEVEL).map_err(RestoreError::io("set up zstd"))?;
     let mut buf = vec![0u8; READ_BLOCKS * BLOCK_SIZE as usize];
     for e in entries {
         stats.files += 1;
@@ -157,7 +162,8 @@ pub fn send(
         let have = local
             .get(&(e.area, e.path.clone()))
             .filter(|l| !l.directory);
-        let mut f = File::open(&e.abs).map_err(RestoreError::io(format!("open {}", e.abs.display())))?;
+        let mut f =
+            File::open(&e.abs).map_err(RestoreError::io(format!("open {}", e.abs.display())))?;
         let mut index = 0u64;
         let mut batch = Vec::new();
         let mut batch_bytes = 0usize;
@@ -268,7 +274,9 @@ mod tests {
         assert_eq!(stats.blocks_sent, 5);
         assert_eq!(stats.bytes_written, content.len() as u64 + 3);
         assert_eq!(stats.files, 3);
-        assert!(matches!(items.last(), Some(Item::FileEnd { size }) if *size == content.len() as u64));
+        assert!(
+            matches!(items.last(), Some(Item::FileEnd { size }) if *size == content.len() as u64)
+        );
 
         // The client has the file with block 2 changed and one block too many.
         let mut theirs = content.clone();

@@ -65,7 +65,9 @@ fn restore_command(restores: &Restores, planned: &Planned) -> Result<String, Res
 }
 
 fn shell_quote(s: &str) -> String {
-    if s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c)) {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
         s.to_owned()
     } else {
         format!("\"{}\"", s.replace(['"', '\\', '$', '`'], "_"))
@@ -102,15 +104,18 @@ pub fn start(
                 dirs.push((oid, a.dir.display().to_string()));
             }
         }
-        super::clone::rewrite_tablespace_map(&data, &dirs)
-            .map_err(RestoreError::io(format!("rewrite {}/tablespace_map", data.display())))?;
+        super::clone::rewrite_tablespace_map(&data, &dirs).map_err(RestoreError::io(format!(
+            "rewrite {}/tablespace_map",
+            data.display()
+        )))?;
         let cfg = restores.config();
-        let port = pg::free_port(&cfg.listen_address, cfg.ports, &restores.ports_taken())
-            .ok_or(RestoreError::NoPort {
+        let port = pg::free_port(&cfg.listen_address, cfg.ports, &restores.ports_taken()).ok_or(
+            RestoreError::NoPort {
                 id: id.clone(),
                 lo: cfg.ports.0,
                 hi: cfg.ports.1,
-            })?;
+            },
+        )?;
         let socket_dir = PathBuf::from(format!("/tmp/walvault-{id}"));
         make_private_dir(&socket_dir, restores.pg_user())?;
         let spec = InstanceSpec {
@@ -138,9 +143,15 @@ pub fn start(
             };
             settings.push(("recovery_target_action".into(), pg_action.into()));
         }
-        settings.push(("restore_command".into(), restore_command(restores, planned)?));
+        settings.push((
+            "restore_command".into(),
+            restore_command(restores, planned)?,
+        ));
         pg::prepare(&spec, &id, &settings, "recovery.signal").map_err(|e| fail(e.to_string()))?;
-        progress(&format!("starting PostgreSQL {} on port {port}", planned.pg_major));
+        progress(&format!(
+            "starting PostgreSQL {} on port {port}",
+            planned.pg_major
+        ));
         let instance = Instance::start(&bins, spec).map_err(|e| fail(e.to_string()))?;
         let conninfo = instance.conninfo();
         running = Some(Running {
@@ -191,10 +202,7 @@ pub fn start(
                 restores.register(&id, r);
             }
             tracing::info!(restore = %id, cluster = %planned.cluster, state = %record.state, "restore ready");
-            Ok(RestoreView {
-                record,
-                clone_bytes: 0,
-            })
+            Ok(restores.view(record))
         }
         Err(e) => {
             tracing::warn!(restore = %id, cluster = %planned.cluster, "restore failed: {e}");
@@ -222,5 +230,6 @@ fn make_private_dir(dir: &std::path::Path, user: &str) -> Result<(), RestoreErro
     }
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
         .map_err(RestoreError::io(format!("chmod {}", dir.display())))?;
-    Owner::apply(Owner::lookup(user), dir).map_err(RestoreError::io(format!("chown {}", dir.display())))
+    Owner::apply(Owner::lookup(user), dir)
+        .map_err(RestoreError::io(format!("chown {}", dir.display())))
 }

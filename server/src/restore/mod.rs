@@ -330,7 +330,8 @@ impl Restores {
         xid: u32,
     ) -> Result<Lsn, RestoreError> {
         for ((t, _), (name, s)) in &index.segments {
-            let covers = matches!((s.xid_min, s.xid_max), (Some(a), Some(b)) if a <= xid && xid <= b);
+            let covers =
+                matches!((s.xid_min, s.xid_max), (Some(a), Some(b)) if a <= xid && xid <= b);
             if !covers {
                 continue;
             }
@@ -398,7 +399,10 @@ impl Restores {
         let json = serde_json::to_string(record).unwrap_or_default();
         self.storage
             .set_property(c.dataset(), crate::layout::RESTORE_PROPERTY, &json)
-            .map_err(RestoreError::storage(format!("label restore {}", record.id)))?;
+            .map_err(RestoreError::storage(format!(
+                "label restore {}",
+                record.id
+            )))?;
         self.catalog.put_restore(record)?;
         Ok(())
     }
@@ -428,7 +432,7 @@ impl Restores {
         Ok(out)
     }
 
-    fn view(&self, mut r: RestoreRecord) -> RestoreView {
+    pub(crate) fn view(&self, mut r: RestoreRecord) -> RestoreView {
         let clone = RestoreClone::existing(&r.cluster, &r.id);
         let clone_bytes = clone
             .as_ref()

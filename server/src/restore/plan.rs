@@ -61,7 +61,10 @@ pub enum Target {
     Time(i64),
     Lsn(Lsn),
     /// A transaction, with the LSN of its commit or abort record (found by the caller).
-    Xid { xid: u32, lsn: Lsn },
+    Xid {
+        xid: u32,
+        lsn: Lsn,
+    },
     RestorePoint(String),
     Immediate,
     Latest,
@@ -274,10 +277,16 @@ impl Chain<'_> {
         self.segments.last().map(|(_, _, s)| s.end_lsn)
     }
     fn max_micros(&self) -> Option<i64> {
-        self.segments.iter().filter_map(|(_, _, s)| s.max_micros).max()
+        self.segments
+            .iter()
+            .filter_map(|(_, _, s)| s.max_micros)
+            .max()
     }
     fn last_commit(&self) -> Option<(Lsn, i64)> {
-        self.segments.iter().rev().find_map(|(_, _, s)| s.last_commit)
+        self.segments
+            .iter()
+            .rev()
+            .find_map(|(_, _, s)| s.last_commit)
     }
 }
 
@@ -286,7 +295,10 @@ pub fn latest_timeline(facts: &Facts) -> Option<TimelineId> {
     let from_history = facts.histories.keys().max().copied();
     let from_wal = facts.segments.keys().map(|(t, _)| *t).max();
     let from_backups = facts.backups.iter().map(|b| b.timeline).max();
-    [from_history, from_wal, from_backups].into_iter().flatten().max()
+    [from_history, from_wal, from_backups]
+        .into_iter()
+        .flatten()
+        .max()
 }
 
 fn known_timeline(facts: &Facts, t: TimelineId) -> bool {
@@ -330,7 +342,12 @@ pub fn window(facts: &Facts, timeline: TimelineId) -> Window {
     let (last_commit, max_micros, end_lsn, segments) = match &oldest {
         Some(b) => {
             let c = chain(facts, timeline, b.start_lsn);
-            (c.last_commit(), c.max_micros(), c.end_lsn(), c.segments.len())
+            (
+                c.last_commit(),
+                c.max_micros(),
+                c.end_lsn(),
+                c.segments.len(),
+            )
         }
         None => (None, None, None, 0),
     };

@@ -51,12 +51,8 @@ impl SegmentSummary {
         };
         for ev in &e.events {
             match ev {
-                WalEvent::Commit {
-                    xid, lsn, time, ..
-                }
-                | WalEvent::Abort {
-                    xid, lsn, time, ..
-                } => {
+                WalEvent::Commit { xid, lsn, time, .. }
+                | WalEvent::Abort { xid, lsn, time, .. } => {
                     s.commits += 1;
                     s.first_commit.get_or_insert((*lsn, *time));
                     s.last_commit = Some((*lsn, *time));
@@ -64,9 +60,9 @@ impl SegmentSummary {
                     s.xid_min = Some(s.xid_min.map_or(*xid, |m| m.min(*xid)));
                     s.xid_max = Some(s.xid_max.map_or(*xid, |m| m.max(*xid)));
                 }
-                WalEvent::RestorePoint { name, lsn, time, .. } => {
-                    s.restore_points.push((name.clone(), *lsn, *time))
-                }
+                WalEvent::RestorePoint {
+                    name, lsn, time, ..
+                } => s.restore_points.push((name.clone(), *lsn, *time)),
             }
         }
         s
@@ -152,13 +148,14 @@ impl TimeIndex {
                 }
                 WalFileKind::History => {
                     let bytes = self.plain(cluster, name)?;
-                    let entries = history::parse_history(name.timeline(), &bytes).map_err(
-                        |detail| IndexError::BadHistory {
-                            cluster: cluster.clone(),
-                            name: name.to_string(),
-                            detail,
-                        },
-                    )?;
+                    let entries =
+                        history::parse_history(name.timeline(), &bytes).map_err(|detail| {
+                            IndexError::BadHistory {
+                                cluster: cluster.clone(),
+                                name: name.to_string(),
+                                detail,
+                            }
+                        })?;
                     out.histories.insert(name.timeline(), entries);
                 }
                 _ => {}

@@ -155,7 +155,10 @@ fn immediate_and_latest_take_the_newest_snapshot() {
     r.backup = Some("A".into());
     assert_eq!(plan(&f, &r).unwrap().backup.id, "A");
     r.backup = Some("Z".into());
-    assert_eq!(plan(&f, &r).unwrap_err(), PlanError::UnknownBackup("Z".into()));
+    assert_eq!(
+        plan(&f, &r).unwrap_err(),
+        PlanError::UnknownBackup("Z".into())
+    );
     // A chosen backup that is too new for the target.
     let mut r = req(Target::Time(T0 + 45_000_000));
     r.backup = Some("B".into());
@@ -172,14 +175,14 @@ fn restore_points_resolve_and_ambiguity_is_refused() {
     s.restore_points.push(("before-upgrade".into(), lsn(7, 10)));
     let p = plan(&f, &req(Target::RestorePoint("before-upgrade".into()))).unwrap();
     assert_eq!(p.backup.id, "B");
-    assert_eq!(
-        setting(&p, "recovery_target_name"),
-        Some("before-upgrade")
-    );
+    assert_eq!(setting(&p, "recovery_target_name"), Some("before-upgrade"));
     let e = plan(&f, &req(Target::RestorePoint("nope".into())))
         .unwrap_err()
         .to_string();
-    assert!(e.contains("\"nope\"") && e.contains("before-upgrade"), "{e}");
+    assert!(
+        e.contains("\"nope\"") && e.contains("before-upgrade"),
+        "{e}"
+    );
     // The same name twice after B began.
     let s = f.segments.get_mut(&(tl(1), 8)).unwrap();
     s.restore_points.push(("before-upgrade".into(), lsn(8, 10)));
@@ -196,7 +199,9 @@ fn restore_points_resolve_and_ambiguity_is_refused() {
 fn a_gap_in_the_archive_is_named() {
     let mut f = one_timeline();
     f.segments.remove(&(tl(1), 8));
-    let e = plan(&f, &req(Target::Lsn(lsn(9, 0)))).unwrap_err().to_string();
+    let e = plan(&f, &req(Target::Lsn(lsn(9, 0))))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("000000010000000000000008"), "{e}");
     // The window ends at the gap.
     let w = window(&f, tl(1));
@@ -222,9 +227,12 @@ fn two_timelines() -> Facts {
         seg(&mut f, 2, s, s as i64 * 10 + 5);
     }
     f.histories.insert(tl(2), vec![(tl(1), lsn(5, 5000))]);
-    f.backups.push(backup("A", 1, lsn(2, 40), lsn(2, 1000), T0 + 19_000_000));
-    f.backups.push(backup("C", 1, lsn(6, 40), lsn(6, 1000), T0 + 59_000_000));
-    f.backups.push(backup("D", 2, lsn(8, 40), lsn(8, 1000), T0 + 84_000_000));
+    f.backups
+        .push(backup("A", 1, lsn(2, 40), lsn(2, 1000), T0 + 19_000_000));
+    f.backups
+        .push(backup("C", 1, lsn(6, 40), lsn(6, 1000), T0 + 59_000_000));
+    f.backups
+        .push(backup("D", 2, lsn(8, 40), lsn(8, 1000), T0 + 84_000_000));
     f
 }
 
