@@ -20,11 +20,12 @@
 //! the way out, failure included. The harness's pool is a 1 GiB sparse file, so SCALE is
 //! capped at 40.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use walvault_tests::harness::bench::{cpu_model, dir_bytes, meminfo_total, mib, pgbench, timed};
 use walvault_tests::harness::wal::archive_conf;
 use walvault_tests::harness::{
     chmod, chown_postgres, e2e_ready, run, Client, Log, Pg, Run, Storage, TestDir, Walvault,
@@ -42,7 +43,6 @@ const CLUSTER: &str = "bench/pg";
 /// (server/src/storage/zfs_lock.rs).
 const ZFS_FUSE_LOCK: &str = "/tmp/.walvault-zfs-fuse.lock";
 const PGBENCH_CLIENTS: &str = "2";
-const MIB: f64 = (1u64 << 20) as f64;
 /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux).
 const CLK_TCK: f64 = 100.0;
 
@@ -129,10 +129,6 @@ fn find_pid(parts: &[&str]) -> String {
     "0".into()
 }
 
-fn mib(b: u64) -> f64 {
-    b as f64 / MIB
-}
-
 fn ratio(a: f64, b: f64) -> String {
     if b > 0.0 {
         format!("{:.2}x", a / b)
@@ -205,46 +201,6 @@ fn settled_used(log: &Log, dataset: &str) -> u64 {
         }
         last = now;
     }
-}
-
-fn dir_bytes(dir: &Path, skip: &[&str]) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if skip.iter().any(|s| p.ends_with(s)) {
-            continue;
-        }
-        match e.file_type() {
-            Ok(t) if t.is_dir() => total += dir_bytes(&p, skip),
-            Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => {}
-        }
-    }
-    total
-}
-
-/// Runs a command, panicking with its output unless it exits 0 within `timeout`; returns the
-/// run and its wall-clock time.
-fn timed(log: &Log, cmd: &mut Command, timeout: Duration) -> (Run, f64) {
-    let start = Instant::now();
-    let r = run(log, cmd, timeout);
-    let secs = start.elapsed().as_secs_f64();
-    assert!(r.success(), "{}", r.describe());
-    (r, secs)
-}
-
-/// `pgbench <args>` as postgres, with a deadline that suits the work (the harness's own is
-/// three minutes).
-fn pgbench(log: &Log, pg: &Pg, args: &[&str], timeout: Duration) -> f64 {
-    let mut c = Command::new("runuser");
-    c.args(["-u", PG_USER, "--"])
-        .arg("/usr/lib/postgresql/15/bin/pgbench")
-        .args(["-h", &pg.socket_dir(), "-p", &pg.port().to_string()])
-        .args(["-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .current_dir("/");
-    timed(log, &mut c, timeout).1
 }
 
 /// Switches WAL and waits until the archiver has pushed everything to walvault, so that no
@@ -548,31 +504,6 @@ impl Drop for Barman {
             }
         }
     }
-}
-
-fn meminfo_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / (1u64 << 20) as f64))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
 }
 
 fn main() {

@@ -31,10 +31,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use walvault_tests::harness::backup::{backup_ok, zfs_mutate, BackupInfo};
+use walvault_tests::harness::bench::{cpu_model, dir_bytes, meminfo_total, mib, pgbench, timed};
 use walvault_tests::harness::restore::{archive_now, psql_conninfo, DirRestore, Lab, PointInTime};
-use walvault_tests::harness::{
-    chmod, chown_postgres, e2e_ready, run, Log, Pg, Run, Storage, PG_USER,
-};
+use walvault_tests::harness::{chmod, chown_postgres, e2e_ready, run, Log, Storage, PG_USER};
 
 const DEFAULT_SCALES: [u32; 2] = [5, 25];
 const MAX_SCALE: u32 = 40;
@@ -44,7 +43,6 @@ const PGBENCH_CLIENTS: &str = "2";
 /// about the same amount of WAL and the instance's time shows what size itself costs.
 const PGBENCH_BEFORE_T: &str = "3000";
 const PGBENCH_AFTER_T: &str = "500";
-const MIB: f64 = (1u64 << 20) as f64;
 
 /// The figures of one scale.
 struct Row {
@@ -76,49 +74,6 @@ struct PgbackrestRun {
     restore_secs: f64,
     /// The restored PGDATA's size (pg_wal excluded).
     restored: u64,
-}
-
-fn mib(b: u64) -> f64 {
-    b as f64 / MIB
-}
-
-fn dir_bytes(dir: &Path, skip: &[&str]) -> u64 {
-    let mut total = 0;
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if skip.iter().any(|s| p.ends_with(s)) {
-            continue;
-        }
-        match e.file_type() {
-            Ok(t) if t.is_dir() => total += dir_bytes(&p, skip),
-            Ok(t) if t.is_file() => total += e.metadata().map(|m| m.len()).unwrap_or(0),
-            _ => {}
-        }
-    }
-    total
-}
-
-/// Runs a command, panicking with its output unless it exits 0 within `timeout`; returns the
-/// run and its wall-clock seconds.
-fn timed(log: &Log, cmd: &mut Command, timeout: Duration) -> (Run, f64) {
-    let start = Instant::now();
-    let r = run(log, cmd, timeout);
-    let secs = start.elapsed().as_secs_f64();
-    assert!(r.success(), "{}", r.describe());
-    (r, secs)
-}
-
-/// `pgbench <args>` as postgres, with a deadline that suits the work.
-fn pgbench(log: &Log, pg: &Pg, args: &[&str], timeout: Duration) -> f64 {
-    let mut c = Command::new("runuser");
-    c.args(["-u", PG_USER, "--"])
-        .arg("/usr/lib/postgresql/15/bin/pgbench")
-        .args(["-h", &pg.socket_dir(), "-p", &pg.port().to_string()])
-        .args(["-U", "postgres"])
-        .args(args)
-        .arg("postgres")
-        .current_dir("/");
-    timed(log, &mut c, timeout).1
 }
 
 /// pgbackrest 2.45 with its repository on a dataset of the walvault pool (configured as in
@@ -428,31 +383,6 @@ fn bench(scale: u32) -> Row {
         delta,
         pgbackrest,
     }
-}
-
-fn meminfo_total() -> String {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| format!("{:.1} GiB", kb as f64 / (1u64 << 20) as f64))
-        .unwrap_or_else(|| "?".into())
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
 }
 
 /// The file system type under the test directories (where `--to dir:` writes).

@@ -8,6 +8,7 @@
 //! directory is judged (kept or removed) last.
 
 pub mod backup;
+pub mod bench;
 mod client;
 mod command;
 pub(crate) mod pg;
