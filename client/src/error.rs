@@ -79,7 +79,8 @@ fn explain_transport(message: &str) -> String {
         .to_owned();
     if lower.contains("peer closed connection") || lower.contains("error reading a body") {
         return "the server closed the connection (stopped or restarted?); nothing was \
-                committed, run the command again"
+                committed, run the command again (if it keeps closing, check that the client \
+                certificate is issued by this server's CA)"
             .to_owned();
     }
     if lower.contains("broken pipe")
