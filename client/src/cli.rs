@@ -100,9 +100,54 @@ pub enum Command {
     /// Tenants (admin certificate).
     #[command(subcommand)]
     Tenant(TenantCommand),
+    /// Retention policies of a tenant (--tenant) or a cluster (--cluster or the configuration's;
+    /// operator or admin certificate).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Clusters (admin certificate to create).
     #[command(subcommand)]
     Cluster(ClusterCommand),
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Show a tenant's policy, or a cluster's override and the policy it lives by.
+    Show {
+        /// The tenant instead of a cluster.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a tenant's policy, or a cluster's override (fields not given stay as they are).
+    Set {
+        /// The tenant instead of a cluster.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Keep any point of the last DAYS days restorable, or `none`.
+        #[arg(long, value_name = "DAYS|none")]
+        window: Option<String>,
+        /// Keep the newest backup of each of the N most recent hours with backups.
+        #[arg(long, value_name = "N")]
+        hourly: Option<u32>,
+        /// … days.
+        #[arg(long, value_name = "N")]
+        daily: Option<u32>,
+        /// … ISO weeks.
+        #[arg(long, value_name = "N")]
+        weekly: Option<u32>,
+        /// … months.
+        #[arg(long, value_name = "N")]
+        monthly: Option<u32>,
+        /// Keep the N newest backups whatever their age.
+        #[arg(long, value_name = "N")]
+        min_backups: Option<u32>,
+        /// For a cluster: drop its override first (inherit the tenant's policy).
+        #[arg(long)]
+        reset: bool,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]

@@ -14,7 +14,7 @@ pub mod postgres;
 pub mod progress;
 pub mod restore;
 
-use cli::{Cli, ClusterCommand, Command, RestoresCommand, TenantCommand};
+use cli::{Cli, ClusterCommand, Command, PolicyCommand, RestoresCommand, TenantCommand};
 use commands::wal_fetch::Fetched;
 use config::ClientConfig;
 use error::ClientError;
@@ -82,6 +82,26 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             }) => commands::restore::drop(&config, &id, json || drop_json).await?,
         },
         Command::Whoami => commands::admin::whoami(&config).await?,
+        Command::Policy(PolicyCommand::Show { tenant, json }) => {
+            commands::policy::show(&config, cluster, tenant.as_ref(), json).await?
+        }
+        Command::Policy(PolicyCommand::Set {
+            tenant,
+            window,
+            hourly,
+            daily,
+            weekly,
+            monthly,
+            min_backups,
+            reset,
+            json,
+        }) => {
+            let change = commands::policy::change(
+                window.as_deref(),
+                [hourly, daily, weekly, monthly, min_backups],
+            )?;
+            commands::policy::set(&config, cluster, tenant.as_ref(), change, reset, json).await?
+        }
         Command::Tenant(TenantCommand::Create { name, quota, dedup }) => {
             commands::admin::tenant_create(&config, &name, size(&quota)?, dedup).await?
         }

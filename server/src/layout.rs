@@ -10,6 +10,8 @@ pub mod tenant_props {
     pub const TENANT: &str = "tenant";
     pub const CREATED: &str = "created";
     pub const DEDUP: &str = "dedup";
+    /// The tenant's retention policy, as JSON.
+    pub const POLICY: &str = "policy";
 }
 
 /// Properties of a cluster's dataset.
@@ -19,6 +21,8 @@ pub mod cluster_props {
     pub const SYSTEM_IDENTIFIER: &str = "system_identifier";
     pub const WAL_SEGMENT_SIZE: &str = "wal_segment_size";
     pub const PG_MAJOR: &str = "pg_major";
+    /// The cluster's changes to its tenant's retention policy, as JSON (empty: none).
+    pub const POLICY_OVERRIDE: &str = "policy_override";
 }
 
 /// Properties of a backup's snapshots (set on every snapshot of `db` and its descendants).

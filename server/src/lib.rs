@@ -10,6 +10,7 @@ pub mod layout;
 pub mod pg;
 pub mod process;
 pub mod restore;
+pub mod retention;
 pub mod storage;
 pub mod tenancy;
 pub mod tls;
@@ -83,17 +84,18 @@ pub async fn run(
         compression = %storage.compression(),
         "storage ready"
     );
-    let (archive, admin, backup, restore) = api::services(domain);
+    let s = api::services(domain);
     Server::builder()
         .timeout(config.request_timeout)
         // A backup's stream can sit idle while the server waits for WAL; a peer that vanished
         // without closing its connection is found by keepalives instead.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
-        .add_service(archive)
-        .add_service(admin)
-        .add_service(backup)
-        .add_service(restore)
+        .add_service(s.archive)
+        .add_service(s.admin)
+        .add_service(s.backup)
+        .add_service(s.restore)
+        .add_service(s.retention)
         .serve_with_incoming_shutdown(tls::incoming(listener, tls), shutdown)
         .await
         .map_err(ServeError::Transport)

@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod backup;
+pub mod policy;
 pub mod restore;
 pub mod wal_fetch;
 pub mod wal_list;

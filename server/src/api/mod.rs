@@ -6,6 +6,7 @@ mod admin;
 mod archive;
 mod backup;
 mod restore;
+mod retention;
 mod status;
 
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::backup::Backups;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::restore::Restores;
+use crate::retention::Policies;
 use crate::storage::Storage;
 use crate::tenancy::Tenancy;
 use crate::wal::WalArchive;
@@ -26,6 +28,7 @@ pub use admin::AdminApi;
 pub use archive::ArchiveApi;
 pub use backup::BackupApi;
 pub use restore::RestoreApi;
+pub use retention::RetentionApi;
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -34,6 +37,7 @@ pub struct Domain {
     pub tenancy: Tenancy,
     pub backups: Backups,
     pub restores: Restores,
+    pub policies: Policies,
 }
 
 impl Domain {
@@ -54,6 +58,7 @@ impl Domain {
                 config.restore.clone(),
                 &config.pg_user,
             ),
+            policies: Policies::new(storage.clone(), catalog.clone()),
             archive,
             tenancy: Tenancy::new(storage, catalog),
         }
@@ -99,18 +104,21 @@ where
         .map_err(|e| Status::internal(format!("worker failed: {e}")))?
 }
 
-pub fn services(
-    domain: Domain,
-) -> (
-    pb::archive_server::ArchiveServer<ArchiveApi>,
-    pb::admin_server::AdminServer<AdminApi>,
-    pb::backup_server::BackupServer<BackupApi>,
-    pb::restore_server::RestoreServer<RestoreApi>,
-) {
-    (
-        pb::archive_server::ArchiveServer::new(ArchiveApi::new(domain.clone())),
-        pb::admin_server::AdminServer::new(AdminApi::new(domain.clone())),
-        pb::backup_server::BackupServer::new(BackupApi::new(domain.clone())),
-        pb::restore_server::RestoreServer::new(RestoreApi::new(domain)),
-    )
+/// Every gRPC service, ready to be added to the server.
+pub struct Services {
+    pub archive: pb::archive_server::ArchiveServer<ArchiveApi>,
+    pub admin: pb::admin_server::AdminServer<AdminApi>,
+    pub backup: pb::backup_server::BackupServer<BackupApi>,
+    pub restore: pb::restore_server::RestoreServer<RestoreApi>,
+    pub retention: pb::retention_server::RetentionServer<RetentionApi>,
+}
+
+pub fn services(domain: Domain) -> Services {
+    Services {
+        archive: pb::archive_server::ArchiveServer::new(ArchiveApi::new(domain.clone())),
+        admin: pb::admin_server::AdminServer::new(AdminApi::new(domain.clone())),
+        backup: pb::backup_server::BackupServer::new(BackupApi::new(domain.clone())),
+        restore: pb::restore_server::RestoreServer::new(RestoreApi::new(domain.clone())),
+        retention: pb::retention_server::RetentionServer::new(RetentionApi::new(domain)),
+    }
 }

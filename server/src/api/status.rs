@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 use crate::auth::AuthError;
 use crate::backup::BackupError;
 use crate::restore::RestoreError;
+use crate::retention::RetentionError;
 use crate::tenancy::TenancyError;
 use crate::wal::ArchiveError;
 
@@ -90,5 +91,15 @@ pub fn restore(e: RestoreError) -> Status {
         E::Instance { .. } | E::Index(_) | E::Catalog(_) | E::Storage { .. } | E::Io { .. } => {
             fail(msg)
         }
+    }
+}
+
+pub fn retention(e: RetentionError) -> Status {
+    use RetentionError as E;
+    let msg = e.to_string();
+    match e {
+        E::TenantNotFound(_) | E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
+        E::Invalid(_) => refuse(Code::InvalidArgument, msg),
+        E::Catalog(_) | E::Storage { .. } => fail(msg),
     }
 }

@@ -7,6 +7,7 @@
 //! flushed before they are acknowledged.
 
 mod backups;
+mod policies;
 pub mod rebuild;
 mod restores;
 
@@ -98,6 +99,7 @@ pub struct Catalog {
     /// The WAL time index: a cache of what each archived segment's records say.
     wal_index: sled::Tree,
     restores: sled::Tree,
+    policies: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -170,6 +172,7 @@ impl Catalog {
             sessions: db.open_tree("sessions")?,
             wal_index: db.open_tree("wal_index")?,
             restores: db.open_tree("restores")?,
+            policies: db.open_tree("policies")?,
             db,
         })
     }
@@ -286,6 +289,7 @@ impl Catalog {
         self.sessions.clear()?;
         self.wal_index.clear()?;
         self.restores.clear()?;
+        self.policies.clear()?;
         self.flush()
     }
 }

@@ -87,6 +87,12 @@ pub fn rebuild(catalog: &Catalog, storage: &dyn Storage) -> Result<RebuildReport
             created_unix: prop(&props, tenant_props::CREATED).unwrap_or(0),
         })?;
         report.tenants += 1;
+        if let Some(p) = props
+            .get(tenant_props::POLICY)
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        {
+            catalog.put_tenant_policy(&name, &p)?;
+        }
         rebuild_clusters(catalog, storage, &name, &mut report)?;
     }
     Ok(report)
@@ -135,6 +141,12 @@ fn rebuild_clusters(
             binding,
         })?;
         report.clusters += 1;
+        if let Some(p) = props
+            .get(cluster_props::POLICY_OVERRIDE)
+            .and_then(|j| serde_json::from_str::<serde_json::Value>(j).ok())
+        {
+            catalog.put_cluster_policy(&id, &p)?;
+        }
         rebuild_wal(catalog, storage, &id, report)?;
         rebuild_backups(catalog, storage, &id, report)?;
         rebuild_restores(catalog, storage, &id, report)?;

@@ -1,0 +1,96 @@
+//! Retention policies (DESIGN §9): what a tenant, or one of its clusters, keeps.
+//!
+//! A tenant has one policy; a cluster may override any of its fields. The quota is not part
+//! of it: it lives on the tenant (`walvault tenant set-quota`) because ZFS enforces it there.
+
+use serde::{Deserialize, Serialize};
+
+/// What to keep. Every rule keeps; nothing in a policy ever asks for deletion by itself:
+/// what no rule keeps is pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Any point in the last N days must stay restorable; `None`: no window.
+    pub recovery_window_days: Option<u32>,
+    /// The newest backup of each of the N most recent hours (days, ISO weeks, months) that
+    /// have backups.
+    pub keep_hourly: u32,
+    pub keep_daily: u32,
+    pub keep_weekly: u32,
+    pub keep_monthly: u32,
+    /// The N newest backups, whatever their age.
+    pub min_backups: u32,
+}
+
+impl Default for Policy {
+    /// Keeps a week restorable and at least two backups; no grid.
+    fn default() -> Self {
+        Self {
+            recovery_window_days: Some(7),
+            keep_hourly: 0,
+            keep_daily: 0,
+            keep_weekly: 0,
+            keep_monthly: 0,
+            min_backups: 2,
+        }
+    }
+}
+
+/// A cluster's changes to its tenant's policy: `None` inherits.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyOverride {
+    pub recovery_window_days: Option<u32>,
+    /// The cluster keeps no window, whatever its tenant's (wins over `recovery_window_days`).
+    #[serde(default)]
+    pub no_recovery_window: bool,
+    pub keep_hourly: Option<u32>,
+    pub keep_daily: Option<u32>,
+    pub keep_weekly: Option<u32>,
+    pub keep_monthly: Option<u32>,
+    pub min_backups: Option<u32>,
+}
+
+impl PolicyOverride {
+    /// The policy a cluster lives by.
+    pub fn apply(&self, base: Policy) -> Policy {
+        Policy {
+            recovery_window_days: if self.no_recovery_window {
+                None
+            } else {
+                self.recovery_window_days.or(base.recovery_window_days)
+            },
+            keep_hourly: self.keep_hourly.unwrap_or(base.keep_hourly),
+            keep_daily: self.keep_daily.unwrap_or(base.keep_daily),
+            keep_weekly: self.keep_weekly.unwrap_or(base.keep_weekly),
+            keep_monthly: self.keep_monthly.unwrap_or(base.keep_monthly),
+            min_backups: self.min_backups.unwrap_or(base.min_backups),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_change_only_what_they_name() {
+        let base = Policy {
+            keep_daily: 7,
+            ..Policy::default()
+        };
+        let o = PolicyOverride {
+            no_recovery_window: true,
+            min_backups: Some(5),
+            ..PolicyOverride::default()
+        };
+        let p = o.apply(base);
+        assert_eq!(p.recovery_window_days, None);
+        assert_eq!(p.min_backups, 5);
+        assert_eq!(p.keep_daily, 7);
+        assert!(PolicyOverride::default().is_empty());
+        assert_eq!(PolicyOverride::default().apply(base), base);
+    }
+}
