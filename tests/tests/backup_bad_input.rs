@@ -10,7 +10,9 @@ use std::time::Duration;
 use tokio_stream::wrappers::ReceiverStream;
 use walvault_proto::pb::{self, backup_request::Part as Req, backup_response::Part as Resp};
 use walvault_tests::harness::{
-    backup::{backup_args, backup_ok, list_backups, parse_info, run_backup, Deployment, BLOCK},
+    backup::{
+        backup_args, backup_ok, list_backups, parse_info, run_backup, Deployment, Target, BLOCK,
+    },
     wait_until, Client, Pg,
 };
 
@@ -355,4 +357,46 @@ fn block_with_wrong_blake3_is_refused_and_leaves_no_backup() {
             info.id
         );
     }
+}
+
+/// The tenant's bytes in use, as the server reports them.
+fn tenant_used(d: &Deployment, tenant: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(d.wv.admin.ok(&["tenant", "list", "--json"]).trim()).expect("JSON");
+    v.as_array()
+        .and_then(|a| a.iter().find(|t| t["name"] == tenant))
+        .and_then(|t| t["used_bytes"].as_u64())
+        .unwrap_or_else(|| panic!("tenant {tenant} not in {v}"))
+}
+
+#[test]
+fn a_full_quota_fails_the_backup_until_it_is_raised() {
+    let Some(mut d) = Deployment::start("backup_quota", Some(3)) else {
+        return;
+    };
+    d.wv.server.allow_errors("quota");
+    archive_one_segment(&d.primary);
+    // Room for a few MiB more: the backup's blocks (tens of MiB) cannot fit.
+    let quota = tenant_used(&d, "acme") + (4 << 20);
+    d.wv.admin
+        .ok(&["tenant", "set-quota", "acme", &quota.to_string()]);
+    let err = run_backup(&d.agent, &d.primary, &[]).assert_refused(&["quota"]);
+    eprintln!("refused: {err}");
+    assert!(
+        err.contains("tenant acme") && err.contains("MiB"),
+        "the refusal should name the tenant and its quota: {err}"
+    );
+    assert_no_backup(&d, &d.agent);
+
+    // A higher quota, and the same backup goes through and restores.
+    d.wv.admin.ok(&["tenant", "set-quota", "acme", "2G"]);
+    let info = backup_ok(&d.agent, &d.primary, &[]);
+    let expected = d.primary.checksums();
+    d.restore_point_archived("after-quota");
+    let r = d.restore(&info.id, "after", &Target::Name("after-quota".into()));
+    assert_eq!(
+        r.pg.checksums(),
+        expected,
+        "the backup taken after the quota was raised differs from the source"
+    );
 }

@@ -96,11 +96,14 @@ pub enum BackupError {
         waited_secs: u64,
     },
     #[error(
-        "tenant {tenant} is over its quota while backup {backup} of {cluster} writes; raise it \
-         with `walvault tenant set-quota {tenant} SIZE` or prune"
+        "tenant {tenant} is over its quota{} while backup {backup} of {cluster} writes; raise \
+         it with `walvault tenant set-quota {tenant} SIZE` or prune",
+        quota.map(|q| format!(" of {}", crate::human_bytes(q))).unwrap_or_default()
     )]
     QuotaExceeded {
         tenant: walvault_proto::TenantId,
+        /// `None`: the pool itself is full.
+        quota: Option<u64>,
         cluster: ClusterId,
         backup: String,
     },

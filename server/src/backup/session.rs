@@ -139,7 +139,8 @@ impl Session {
         let cluster = self.cluster.clone();
         let backup = self.id.clone();
         let context = context.into();
-        move |source| io_error(cluster, backup, context, source)
+        let storage = self.backups.storage.clone();
+        move |source| io_error(storage.as_ref(), cluster, backup, context, source)
     }
 
     fn stats(&self, f: impl FnOnce(&mut BackupStats)) {
@@ -280,6 +281,7 @@ impl Session {
                 .write_all_at(&data, b.index * u64::from(BLOCK_SIZE))
                 .map_err(|source| {
                     io_error(
+                        self.backups.storage.as_ref(),
                         self.cluster.clone(),
                         self.id.clone(),
                         format!("write block {} of {}/{}", b.index, open.area, open.path),
@@ -519,6 +521,7 @@ impl Session {
 
 /// A write the quota (EDQUOT) or a full pool (ENOSPC) refused is the tenant's quota problem.
 fn io_error(
+    storage: &dyn crate::storage::Storage,
     cluster: ClusterId,
     backup: String,
     context: String,
@@ -529,6 +532,10 @@ fn io_error(
     match source.raw_os_error() {
         Some(EDQUOT | ENOSPC) => BackupError::QuotaExceeded {
             tenant: cluster.tenant().clone(),
+            quota: crate::layout::tenant(cluster.tenant())
+                .and_then(|ds| storage.space(&ds))
+                .ok()
+                .and_then(|s| s.quota),
             cluster,
             backup,
         },
