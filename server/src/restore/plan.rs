@@ -215,8 +215,8 @@ pub fn on_history(facts: &Facts, timeline: TimelineId, tli: TimelineId, lsn: Lsn
         .any(|(t, _, end)| *t == tli && end.is_none_or(|e| lsn <= e))
 }
 
-/// The timeline whose segment file holds segment number `segno` on `timeline`'s history.
-fn timeline_for(ancestry: &[(TimelineId, u64, Option<Lsn>)], segno: u64) -> TimelineId {
+/// The timeline whose segment file holds segment number `segno` on a history (`ancestry`).
+pub fn timeline_for(ancestry: &[(TimelineId, u64, Option<Lsn>)], segno: u64) -> TimelineId {
     ancestry
         .iter()
         .rev()
@@ -308,7 +308,7 @@ fn known_timeline(facts: &Facts, t: TimelineId) -> bool {
 }
 
 /// Backups usable on `timeline`, oldest first (by stop LSN).
-fn usable(facts: &Facts, timeline: TimelineId) -> Vec<&BackupPoint> {
+pub fn usable(facts: &Facts, timeline: TimelineId) -> Vec<&BackupPoint> {
     let mut v: Vec<_> = facts
         .backups
         .iter()

@@ -3,6 +3,7 @@
 //! Policies live in the catalog and, so that `catalog rebuild` finds them, as a property of
 //! the tenant's dataset (`walvault:policy`) and of the cluster's (`walvault:policy_override`).
 
+pub mod plan;
 pub mod policy;
 
 use std::sync::Arc;
