@@ -104,6 +104,15 @@ pub enum Command {
     /// operator or admin certificate).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Destroy the backups and WAL of a cluster that no rule of its policy keeps (operator or
+    /// admin certificate); prints every item with why it stays or goes.
+    Prune {
+        /// Only show the plan.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Clusters (admin certificate to create).
     #[command(subcommand)]
     Cluster(ClusterCommand),

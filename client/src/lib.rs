@@ -82,6 +82,9 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             }) => commands::restore::drop(&config, &id, json || drop_json).await?,
         },
         Command::Whoami => commands::admin::whoami(&config).await?,
+        Command::Prune { dry_run, json } => {
+            commands::policy::prune(&config, cluster, dry_run, json).await?
+        }
         Command::Policy(PolicyCommand::Show { tenant, json }) => {
             commands::policy::show(&config, cluster, tenant.as_ref(), json).await?
         }

@@ -33,6 +33,14 @@ struct RawConfig {
     limits: RawLimits,
     #[serde(default)]
     restore: RawRestore,
+    #[serde(default)]
+    retention: RawRetention,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    prune_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +176,8 @@ pub struct Config {
     /// How long a finishing backup waits for the archive to hold its WAL.
     pub backup_wal_wait: Duration,
     pub restore: RestoreConfig,
+    /// How often the server prunes every cluster by its policy; `None`: only on demand.
+    pub prune_interval: Option<Duration>,
 }
 
 impl Config {
@@ -234,6 +244,10 @@ impl Config {
             request_timeout: Duration::from_secs(timeout),
             backup_wal_wait: Duration::from_secs(wal_wait),
             restore,
+            prune_interval: match raw.retention.prune_interval_secs.unwrap_or(3600) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
         })
     }
 }

@@ -59,6 +59,35 @@ pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageE
     })
 }
 
+/// Prunes every cluster by its policy every `every` (the first round one interval after the
+/// start, so a restarted server does not prune before anyone could look).
+async fn prune_on_schedule(domain: api::Domain, every: std::time::Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let d = domain.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            let clusters = match d.tenancy.clusters(None) {
+                Ok(c) => c,
+                Err(e) => return tracing::error!("scheduled prune: list clusters: {e}"),
+            };
+            for c in clusters {
+                let id = c.record.id;
+                match d.pruner.prune(&id, unix_now(), false) {
+                    Ok(o) if o.backups_dropped + o.wal_dropped > 0 || !o.skipped.is_empty() => {
+                        tracing::info!(cluster = %id, backups = o.backups_dropped, wal = o.wal_dropped, skipped = ?o.skipped, "scheduled prune")
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(cluster = %id, "scheduled prune: {e}"),
+                }
+            }
+        });
+        if let Err(e) = round.await {
+            tracing::error!("scheduled prune: {e}");
+        }
+    }
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -84,6 +113,9 @@ pub async fn run(
         compression = %storage.compression(),
         "storage ready"
     );
+    if let Some(every) = config.prune_interval {
+        tokio::spawn(prune_on_schedule(domain.clone(), every));
+    }
     let s = api::services(domain);
     Server::builder()
         .timeout(config.request_timeout)

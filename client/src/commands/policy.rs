@@ -106,6 +106,70 @@ pub async fn set(
     Ok(())
 }
 
+pub async fn prune(
+    config: &ClientConfig,
+    cluster: Option<&ClusterId>,
+    dry_run: bool,
+    json: bool,
+) -> Result<(), ClientError> {
+    let cluster = super::cluster_ref(config, cluster);
+    let name = super::describe(&cluster);
+    let r = client(config)
+        .await?
+        .prune(pb::PruneRequest { cluster, dry_run })
+        .await
+        .map_err(ClientError::server(format!("prune {name}")))?
+        .into_inner();
+    if json {
+        let decisions: Vec<_> = r
+            .decisions
+            .iter()
+            .map(|d| {
+                serde_json::json!({
+                    "kind": d.kind, "name": d.name, "keep": d.keep, "reasons": d.reasons,
+                })
+            })
+            .collect();
+        let v = serde_json::json!({
+            "executed": r.executed,
+            "backups_dropped": r.backups_dropped,
+            "wal_dropped": r.wal_dropped,
+            "resumed": r.resumed,
+            "skipped": r.skipped,
+            "policy": policy_json(&r.policy),
+            "decisions": decisions,
+        });
+        println!("{v}");
+        return Ok(());
+    }
+    println!("{:<7} {:<40} {:<5} WHY", "KIND", "NAME", "");
+    for d in &r.decisions {
+        println!(
+            "{:<7} {:<40} {:<5} {}",
+            d.kind,
+            d.name,
+            if d.keep { "keep" } else { "DROP" },
+            d.reasons.join("; ")
+        );
+    }
+    let drops = r.decisions.iter().filter(|d| !d.keep).count();
+    if r.executed {
+        println!(
+            "pruned {name}: {} backups and {} WAL files destroyed",
+            r.backups_dropped, r.wal_dropped
+        );
+    } else {
+        println!("dry run for {name}: {drops} items would be destroyed");
+    }
+    if r.resumed > 0 {
+        println!("finished an interrupted prune first ({} items)", r.resumed);
+    }
+    for s in &r.skipped {
+        println!("kept for now: {s}");
+    }
+    Ok(())
+}
+
 fn policy_json(p: &Option<pb::Policy>) -> serde_json::Value {
     let p = p.unwrap_or_default();
     serde_json::json!({

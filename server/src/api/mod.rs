@@ -19,6 +19,7 @@ use crate::backup::Backups;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::restore::Restores;
+use crate::retention::prune::Pruner;
 use crate::retention::Policies;
 use crate::storage::Storage;
 use crate::tenancy::Tenancy;
@@ -38,28 +39,41 @@ pub struct Domain {
     pub backups: Backups,
     pub restores: Restores,
     pub policies: Policies,
+    pub pruner: Pruner,
 }
 
 impl Domain {
     pub fn new(storage: Arc<dyn Storage>, catalog: Catalog, config: &Config) -> Self {
         let archive = WalArchive::new(storage.clone(), catalog.clone());
+        let backups = Backups::new(
+            storage.clone(),
+            catalog.clone(),
+            archive.clone(),
+            &config.pg_user,
+            config.backup_wal_wait,
+        );
+        let restores = Restores::new(
+            storage.clone(),
+            catalog.clone(),
+            archive.clone(),
+            config.restore.clone(),
+            &config.pg_user,
+        );
+        let policies = Policies::new(storage.clone(), catalog.clone());
+        let pruner = Pruner::new(
+            storage.clone(),
+            catalog.clone(),
+            archive.clone(),
+            backups.clone(),
+            restores.clone(),
+            policies.clone(),
+        );
         Self {
-            backups: Backups::new(
-                storage.clone(),
-                catalog.clone(),
-                archive.clone(),
-                &config.pg_user,
-                config.backup_wal_wait,
-            ),
-            restores: Restores::new(
-                storage.clone(),
-                catalog.clone(),
-                archive.clone(),
-                config.restore.clone(),
-                &config.pg_user,
-            ),
-            policies: Policies::new(storage.clone(), catalog.clone()),
             archive,
+            backups,
+            restores,
+            policies,
+            pruner,
             tenancy: Tenancy::new(storage, catalog),
         }
     }

@@ -86,8 +86,56 @@ fn info(v: &PolicyView) -> pb::PolicyInfo {
     }
 }
 
+fn decision_pb(d: &crate::retention::plan::Decision) -> pb::PruneDecision {
+    use crate::retention::plan::Item;
+    pb::PruneDecision {
+        kind: match d.item {
+            Item::Backup(_) => "backup",
+            Item::Wal(_) => "wal",
+        }
+        .into(),
+        name: d.item.name().to_owned(),
+        keep: d.keep,
+        reasons: d.reasons.clone(),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::retention_server::Retention for RetentionApi {
+    async fn prune(
+        &self,
+        req: Request<pb::PruneRequest>,
+    ) -> Result<Response<pb::PruneResponse>, Status> {
+        let p = principal(&req)?;
+        let r = req.into_inner();
+        let cluster = p
+            .resolve_cluster(cluster_ref(r.cluster)?)
+            .map_err(status::auth)?;
+        p.may_see_tenant(cluster.tenant()).map_err(status::auth)?;
+        let domain = self.domain.clone();
+        let (outcome, policy) = blocking(move || {
+            let policy = domain
+                .policies
+                .effective(&cluster)
+                .map_err(status::retention)?;
+            let o = domain
+                .pruner
+                .prune(&cluster, crate::unix_now(), r.dry_run)
+                .map_err(status::retention)?;
+            Ok((o, policy))
+        })
+        .await?;
+        Ok(Response::new(pb::PruneResponse {
+            decisions: outcome.plan.decisions.iter().map(decision_pb).collect(),
+            executed: outcome.executed,
+            backups_dropped: outcome.backups_dropped as u32,
+            wal_dropped: outcome.wal_dropped as u32,
+            resumed: outcome.resumed as u32,
+            skipped: outcome.skipped,
+            policy: Some(policy_pb(&policy)),
+        }))
+    }
+
     async fn show_policy(
         &self,
         req: Request<pb::ShowPolicyRequest>,

@@ -100,6 +100,9 @@ pub fn retention(e: RetentionError) -> Status {
     match e {
         E::TenantNotFound(_) | E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
         E::Invalid(_) => refuse(Code::InvalidArgument, msg),
-        E::Catalog(_) | E::Storage { .. } => fail(msg),
+        E::Busy(_) => refuse(Code::FailedPrecondition, msg),
+        E::Restore(r) => restore(*r),
+        E::Archive(a) => archive(*a),
+        E::Catalog(_) | E::Storage { .. } | E::Io { .. } => fail(msg),
     }
 }

@@ -470,6 +470,17 @@ impl Backups {
     }
 
     /// The cluster's backups, oldest first, with the running one last.
+    /// The backup running on `cluster`: `Some(None)` before it has its start LSN.
+    pub fn running_start(&self, cluster: &ClusterId) -> Option<Option<Lsn>> {
+        let map = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(cluster).map(|r| {
+            r.start
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .map(|(lsn, _)| lsn)
+        })
+    }
+
     pub fn list(&self, cluster: &ClusterId) -> Result<Vec<BackupView>, BackupError> {
         if self.catalog.cluster(cluster)?.is_none() {
             return Err(BackupError::ClusterNotFound(cluster.clone()));

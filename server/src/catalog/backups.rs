@@ -174,6 +174,11 @@ impl Catalog {
         self.flush()
     }
 
+    pub fn remove_backup(&self, cluster: &ClusterId, id: &str) -> Result<(), CatalogError> {
+        self.backups.remove(backup_key(cluster, id))?;
+        self.flush()
+    }
+
     /// A cluster's backups, oldest first (ids sort by time).
     pub fn backups(&self, cluster: &ClusterId) -> Result<Vec<BackupRecord>, CatalogError> {
         self.backups

@@ -100,6 +100,7 @@ pub struct Catalog {
     wal_index: sled::Tree,
     restores: sled::Tree,
     policies: sled::Tree,
+    prune_jobs: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -173,6 +174,7 @@ impl Catalog {
             wal_index: db.open_tree("wal_index")?,
             restores: db.open_tree("restores")?,
             policies: db.open_tree("policies")?,
+            prune_jobs: db.open_tree("prune_jobs")?,
             db,
         })
     }
@@ -238,6 +240,13 @@ impl Catalog {
         self.flush()
     }
 
+    pub fn remove_wal(&self, cluster: &ClusterId, name: &WalFileName) -> Result<(), CatalogError> {
+        let mut key = wal_prefix(cluster);
+        key.extend_from_slice(name.as_str().as_bytes());
+        self.wal.remove(key)?;
+        self.flush()
+    }
+
     pub fn wal_file(
         &self,
         cluster: &ClusterId,
@@ -290,6 +299,7 @@ impl Catalog {
         self.wal_index.clear()?;
         self.restores.clear()?;
         self.policies.clear()?;
+        self.prune_jobs.clear()?;
         self.flush()
     }
 }

@@ -1,6 +1,7 @@
 //! Retention policies: a tenant's, keyed `tenant`, and a cluster's override, keyed
 //! `tenant \0 cluster`. Both are also kept as properties of the datasets, from which
-//! `rebuild` recovers them.
+//! `rebuild` recovers them. And the prune job of a cluster while it runs: what it set out to
+//! destroy, so that a killed prune is finished by the next one.
 
 use serde::{de::DeserializeOwned, Serialize};
 use walvault_proto::{ClusterId, TenantId};
@@ -44,5 +45,25 @@ impl Catalog {
             .get(&key)?
             .map(|v| decode(&key, &v))
             .transpose()
+    }
+}
+
+impl Catalog {
+    pub fn put_prune_job<T: Serialize>(&self, c: &ClusterId, job: &T) -> Result<(), CatalogError> {
+        self.prune_jobs.insert(cluster_key(c), encode(job))?;
+        self.flush()
+    }
+
+    pub fn prune_job<T: DeserializeOwned>(&self, c: &ClusterId) -> Result<Option<T>, CatalogError> {
+        let key = cluster_key(c);
+        self.prune_jobs
+            .get(&key)?
+            .map(|v| decode(&key, &v))
+            .transpose()
+    }
+
+    pub fn remove_prune_job(&self, c: &ClusterId) -> Result<(), CatalogError> {
+        self.prune_jobs.remove(cluster_key(c))?;
+        self.flush()
     }
 }

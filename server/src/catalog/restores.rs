@@ -63,6 +63,15 @@ impl Catalog {
             .transpose()
     }
 
+    pub fn remove_index_entry(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+    ) -> Result<(), CatalogError> {
+        self.wal_index.remove(index_key(cluster, name))?;
+        Ok(())
+    }
+
     /// A cluster's index entries by file name.
     pub fn index_entries<T: DeserializeOwned>(
         &self,

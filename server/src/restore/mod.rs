@@ -179,7 +179,10 @@ impl Restores {
     }
 
     /// The planner's view of a cluster. Blocking: may read segments not indexed yet.
-    fn facts(&self, cluster: &ClusterId) -> Result<(plan::Facts, ClusterIndex), RestoreError> {
+    pub(crate) fn facts(
+        &self,
+        cluster: &ClusterId,
+    ) -> Result<(plan::Facts, ClusterIndex), RestoreError> {
         self.cluster_exists(cluster)?;
         let index = self.index.load(cluster)?;
         let mut facts = plan::Facts {

@@ -5,6 +5,7 @@
 
 pub mod plan;
 pub mod policy;
+pub mod prune;
 
 use std::sync::Arc;
 
@@ -23,8 +24,20 @@ pub enum RetentionError {
     ClusterNotFound(ClusterId),
     #[error("{0}")]
     Invalid(String),
+    #[error("a prune of {0} is already running")]
+    Busy(ClusterId),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Restore(Box<crate::restore::RestoreError>),
+    #[error(transparent)]
+    Archive(Box<crate::wal::ArchiveError>),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{context}: {source}")]
     Storage {
         context: String,
@@ -33,7 +46,9 @@ pub enum RetentionError {
     },
 }
 
-fn storage_err(context: impl Into<String>) -> impl FnOnce(StorageError) -> RetentionError {
+pub(crate) fn storage_err(
+    context: impl Into<String>,
+) -> impl FnOnce(StorageError) -> RetentionError {
     let context = context.into();
     move |source| RetentionError::Storage { context, source }
 }

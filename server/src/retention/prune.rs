@@ -1,0 +1,270 @@
+//! The prune executor: gathers what the planner needs from the catalog, and carries out its
+//! plan.
+//!
+//! Invariants:
+//! - the catalog never points at what is gone: an item leaves the catalog before the storage
+//!   destroys it (a snapshot ZFS refuses to destroy goes back into the catalog);
+//! - a prune killed at any point is finished by the next one: the items it set out to destroy
+//!   are recorded (durably) before the first is touched, and that job is completed first;
+//! - one prune per cluster at a time.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
+use walvault_proto::{ClusterId, WalFileName};
+
+use super::plan::{self, PruneInput, PrunePlan};
+use super::{Policies, RetentionError};
+use crate::backup::Backups;
+use crate::catalog::Catalog;
+use crate::layout::{ClusterLayout, STORED_EXT};
+use crate::restore::Restores;
+use crate::storage::{Storage, StorageError};
+use crate::wal::WalArchive;
+
+/// What a prune set out to destroy.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+struct Job {
+    started_unix: i64,
+    backups: Vec<String>,
+    wal: Vec<String>,
+}
+
+/// What a prune did.
+#[derive(Debug, Clone)]
+pub struct PruneOutcome {
+    pub plan: PrunePlan,
+    pub executed: bool,
+    pub backups_dropped: usize,
+    pub wal_dropped: usize,
+    /// Items of a prune that had been interrupted, finished first.
+    pub resumed: usize,
+    /// Items that could not be destroyed now, with why (they stay, and stay catalogued).
+    pub skipped: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Pruner {
+    storage: Arc<dyn Storage>,
+    catalog: Catalog,
+    archive: WalArchive,
+    backups: Backups,
+    restores: Restores,
+    policies: Policies,
+    busy: Arc<Mutex<HashSet<ClusterId>>>,
+}
+
+/// Releases a cluster's prune slot.
+struct Slot<'a> {
+    busy: &'a Mutex<HashSet<ClusterId>>,
+    cluster: ClusterId,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.cluster);
+    }
+}
+
+impl Pruner {
+    pub fn new(
+        storage: Arc<dyn Storage>,
+        catalog: Catalog,
+        archive: WalArchive,
+        backups: Backups,
+        restores: Restores,
+        policies: Policies,
+    ) -> Self {
+        Self {
+            storage,
+            catalog,
+            archive,
+            backups,
+            restores,
+            policies,
+            busy: Arc::default(),
+        }
+    }
+
+    /// The plan for `cluster` at `now_unix`. Blocking.
+    pub fn plan(&self, cluster: &ClusterId, now_unix: i64) -> Result<PrunePlan, RetentionError> {
+        let policy = self.policies.effective(cluster)?;
+        let (facts, _) = self
+            .restores
+            .facts(cluster)
+            .map_err(|e| RetentionError::Restore(Box::new(e)))?;
+        let backup_times: BTreeMap<String, i64> = self
+            .catalog
+            .backups(cluster)?
+            .into_iter()
+            .map(|b| (b.id, b.stop_unix))
+            .collect();
+        let wal_files: Vec<String> = self
+            .archive
+            .list(cluster)
+            .map_err(|e| RetentionError::Archive(Box::new(e)))?
+            .into_iter()
+            .map(|w| w.name)
+            .collect();
+        let in_use: BTreeSet<String> = self
+            .catalog
+            .restores()?
+            .into_iter()
+            .filter(|r| r.cluster == *cluster)
+            .map(|r| r.backup_id)
+            .collect();
+        let running_backup_start = self.backups.running_start(cluster).flatten();
+        Ok(plan::plan(&PruneInput {
+            now_unix,
+            policy,
+            facts: &facts,
+            backup_times: &backup_times,
+            wal_files: &wal_files,
+            in_use: &in_use,
+            running_backup_start,
+        }))
+    }
+
+    /// Plans and, unless `dry_run`, destroys what no rule keeps; an interrupted prune of the
+    /// cluster is finished first. Blocking.
+    pub fn prune(
+        &self,
+        cluster: &ClusterId,
+        now_unix: i64,
+        dry_run: bool,
+    ) -> Result<PruneOutcome, RetentionError> {
+        if !self
+            .busy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(cluster.clone())
+        {
+            return Err(RetentionError::Busy(cluster.clone()));
+        }
+        let _slot = Slot {
+            busy: &self.busy,
+            cluster: cluster.clone(),
+        };
+        let mut skipped = Vec::new();
+        let mut resumed = 0;
+        if !dry_run {
+            if let Some(job) = self.catalog.prune_job::<Job>(cluster)? {
+                tracing::info!(cluster = %cluster, items = job.backups.len() + job.wal.len(), "finishing an interrupted prune");
+                resumed = job.backups.len() + job.wal.len();
+                skipped.extend(
+                    self.execute(cluster, &job)?
+                        .into_iter()
+                        .map(|(id, why)| format!("{id}: {why}")),
+                );
+                self.catalog.remove_prune_job(cluster)?;
+            }
+        }
+        let plan = self.plan(cluster, now_unix)?;
+        let job = Job {
+            started_unix: now_unix,
+            backups: plan.dropped_backups().map(|s| s.to_owned()).collect(),
+            wal: plan.dropped_wal().map(|s| s.to_owned()).collect(),
+        };
+        if dry_run || (job.backups.is_empty() && job.wal.is_empty()) {
+            return Ok(PruneOutcome {
+                plan,
+                executed: !dry_run,
+                backups_dropped: 0,
+                wal_dropped: 0,
+                resumed,
+                skipped,
+            });
+        }
+        self.catalog.put_prune_job(cluster, &job)?;
+        let kept_after_all = self.execute(cluster, &job)?;
+        self.catalog.remove_prune_job(cluster)?;
+        let backups_dropped = job.backups.len() - kept_after_all.len();
+        let wal_dropped = job.wal.len();
+        tracing::info!(cluster = %cluster, backups = backups_dropped, wal = wal_dropped, "pruned");
+        skipped.extend(
+            kept_after_all
+                .into_iter()
+                .map(|(id, why)| format!("{id}: {why}")),
+        );
+        Ok(PruneOutcome {
+            plan,
+            executed: true,
+            backups_dropped,
+            wal_dropped,
+            resumed,
+            skipped,
+        })
+    }
+
+    /// Destroys a job's items, each out of the catalog first; returns (id, why) for the
+    /// backups the storage would not destroy now (they are catalogued again).
+    fn execute(
+        &self,
+        cluster: &ClusterId,
+        job: &Job,
+    ) -> Result<Vec<(String, String)>, RetentionError> {
+        let l = ClusterLayout::of(cluster)
+            .map_err(storage_err(format!("name the datasets of {cluster}")))?;
+        let records: BTreeMap<String, _> = self
+            .catalog
+            .backups(cluster)?
+            .into_iter()
+            .map(|b| (b.id.clone(), b))
+            .collect();
+        let mut skipped = Vec::new();
+        for id in &job.backups {
+            self.catalog.remove_backup(cluster, id)?;
+            match self.storage.destroy_snapshot(&l.db, id, true) {
+                Ok(()) | Err(StorageError::SnapshotNotFound { .. }) => {
+                    tracing::info!(cluster = %cluster, backup = %id, "backup pruned");
+                }
+                Err(e) => {
+                    // A restore cloned it since the plan, or ZFS is busy: it stays.
+                    if let Some(r) = records.get(id) {
+                        self.catalog.put_backup(cluster, r)?;
+                    }
+                    skipped.push((id.clone(), e.to_string()));
+                }
+            }
+        }
+        let dir = self
+            .archive
+            .wal_dir_path(cluster)
+            .map_err(|e| RetentionError::Archive(Box::new(e)))?;
+        for name in &job.wal {
+            let Ok(n) = name.parse::<WalFileName>() else {
+                continue;
+            };
+            self.catalog.remove_wal(cluster, &n)?;
+            self.catalog.remove_index_entry(cluster, &n)?;
+            let path = dir.join(format!("{name}{STORED_EXT}"));
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(RetentionError::Io {
+                        context: format!("{cluster}: remove {}", path.display()),
+                        source: e,
+                    })
+                }
+            }
+        }
+        if !job.wal.is_empty() {
+            std::fs::File::open(&dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| RetentionError::Io {
+                    context: format!("{cluster}: sync {}", dir.display()),
+                    source,
+                })?;
+        }
+        Ok(skipped)
+    }
+}
+
+fn storage_err(context: impl Into<String>) -> impl FnOnce(StorageError) -> RetentionError {
+    super::storage_err(context)
+}
