@@ -1,9 +1,31 @@
 //! Pruning by policy (issue 5) on zfs-fuse with real PostgreSQL: what the policy does not
 //! keep is destroyed in ZFS and in the catalog, and what it keeps still restores.
 
+use std::time::Duration;
+
 use serde_json::Value;
-use walvault_tests::harness::backup::{backup_ok, list_backups, CLUSTER};
-use walvault_tests::harness::restore::{archive_now, Lab};
+use walvault_tests::harness::backup::{backup_ok, list_backups, CLUSTER, ZFS_FUSE_LOCK};
+use walvault_tests::harness::restore::{archive_now, Lab, PointInTime};
+use walvault_tests::harness::{wait_until, Storage};
+
+/// Holds an exclusive flock on `path` in a child `flock` process until it is killed (its
+/// shell then reads end of input and exits too).
+fn hold_lock(path: &str) -> std::process::Child {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("flock")
+        .args(["-x", "-o", path, "-c", "echo held; read _"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn flock");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out)
+        .read_line(&mut line)
+        .expect("read flock");
+    assert_eq!(line.trim(), "held", "flock did not take {path}");
+    child
+}
 
 fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
@@ -110,4 +132,170 @@ fn prune_by_min_backups_destroys_the_oldest_and_keeps_what_restores() {
     let latest = lab.restore_instance(&["--latest"]);
     assert_eq!(latest.checksums(), last, "the latest state after the prune");
     lab.drop_restore(&latest.info.id);
+}
+
+#[test]
+fn the_window_keeps_every_point_since_its_anchor_restorable() {
+    let Some(lab) = Lab::start("prune_window", Some(1)) else {
+        return;
+    };
+    let d = &lab.d;
+    // A day's window with no backup that old: the oldest backup anchors it; the middle one
+    // is kept by no rule, but the WAL through it stays.
+    let set = lab.op(&["policy", "set", "--window", "1", "--min-backups", "1"]);
+    assert!(set.success(), "{}", set.describe());
+    d.primary.pgbench(&["-n", "-t", "200"]);
+    archive_now(&d.primary);
+    let first = backup_ok(&d.agent, &d.primary, &[]).id;
+    d.primary.pgbench(&["-n", "-t", "200"]);
+    let t1 = PointInTime::between_commits(&d.primary);
+    let at_t1 = d.primary.checksums();
+    d.primary.pgbench(&["-n", "-t", "200"]);
+    archive_now(&d.primary);
+    let middle = backup_ok(&d.agent, &d.primary, &[]).id;
+    d.primary.pgbench(&["-n", "-t", "200"]);
+    let t2 = PointInTime::between_commits(&d.primary);
+    let at_t2 = d.primary.checksums();
+    d.primary.pgbench(&["-n", "-t", "200"]);
+    archive_now(&d.primary);
+    let newest = backup_ok(&d.agent, &d.primary, &[]).id;
+    d.primary.pgbench(&["-n", "-t", "50"]);
+    archive_now(&d.primary);
+    lab.wait_window_covers(t2.micros);
+
+    let done = json(&lab.op(&["prune", "--json"]).stdout);
+    assert_eq!(done["backups_dropped"], 1, "{done}");
+    assert_eq!(
+        decisions(&done, "backup", false),
+        [middle.clone()],
+        "{done}"
+    );
+    assert_eq!(
+        decisions(&done, "backup", true),
+        [first.clone(), newest],
+        "{done}"
+    );
+    // Only WAL from before the first backup goes: the window needs every segment since.
+    let kept_wal = decisions(&done, "wal", true);
+    let first_kept = kept_wal.iter().min().expect("kept WAL");
+    for w in decisions(&done, "wal", false) {
+        assert!(&w < first_kept, "{w} dropped inside the window: {done}");
+    }
+
+    // The oldest point the window promises, and one whose nearest snapshot is gone.
+    for (t, expected) in [(&t1, &at_t1), (&t2, &at_t2)] {
+        let inst = lab.restore_instance(&["--time", &t.utc]);
+        assert_eq!(inst.info.backup_id, first, "{:?}", inst.info);
+        assert_eq!(
+            &inst.checksums(),
+            expected,
+            "restored to {} after the prune",
+            t.utc
+        );
+        lab.drop_restore(&inst.info.id);
+    }
+}
+
+#[test]
+fn a_prune_killed_halfway_is_finished_by_the_next() {
+    let Some(mut lab) = Lab::start("prune_killed", Some(1)) else {
+        return;
+    };
+    let set = lab.op(&["policy", "set", "--window", "none", "--min-backups", "1"]);
+    assert!(set.success(), "{}", set.describe());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        lab.d.primary.pgbench(&["-n", "-t", "100"]);
+        archive_now(&lab.d.primary);
+        ids.push(backup_ok(&lab.d.agent, &lab.d.primary, &[]).id);
+    }
+    let last = lab.d.primary.checksums();
+
+    // Hold the lock the server takes around every mutating zfs command: the prune records
+    // its job, takes the first backup out of the catalog, and then waits to destroy its
+    // snapshot. That is where the server is killed.
+    let zfs = matches!(lab.d.storage, Storage::Zfs(_));
+    let mut held = zfs.then(|| hold_lock(ZFS_FUSE_LOCK));
+    let mut prune = lab.op_spawn(&["prune", "--json"]);
+    if zfs {
+        wait_until(
+            "the prune to take the oldest backup out of the catalog",
+            Duration::from_secs(120),
+            || {
+                let listed = list_backups(&lab.d.agent, None);
+                (listed.len() == 4).then_some(())
+            },
+        );
+    } else {
+        let _ = prune.wait();
+    }
+    lab.d.wv.server.kill();
+    let _ = prune.wait();
+    if let Some(h) = held.as_mut() {
+        drop(h.stdin.take());
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    lab.d.wv.server.restart();
+    // Whatever the kill left, the catalog points at nothing that is gone.
+    assert_consistent(&lab, &ids, false);
+
+    let done = json(&lab.op(&["prune", "--json"]).stdout);
+    if zfs {
+        assert!(
+            done["resumed"].as_u64().unwrap_or(0) > 0,
+            "the interrupted job was not finished: {done}"
+        );
+    }
+    let listed: Vec<String> = list_backups(&lab.d.agent, None)
+        .into_iter()
+        .map(|b| b.id)
+        .collect();
+    assert_eq!(listed, [ids[4].clone()], "{done}");
+    // And the rerun finished the job: nothing is left that the catalog does not know.
+    assert_consistent(&lab, &ids, true);
+    let inst = lab.restore_instance(&["--latest"]);
+    assert_eq!(inst.checksums(), last);
+    lab.drop_restore(&inst.info.id);
+}
+
+/// Every catalogued backup has its snapshot, every catalogued WAL file its file; with
+/// `both_ways`, also every snapshot and archived file is catalogued.
+fn assert_consistent(lab: &Lab, ids: &[String], both_ways: bool) {
+    let d = &lab.d;
+    let snaps = d.snapshots();
+    for b in list_backups(&d.agent, None) {
+        assert!(
+            snaps.iter().any(|s| s.ends_with(&format!("/db@{}", b.id))),
+            "backup {} is catalogued without its snapshot: {snaps:?}",
+            b.id
+        );
+    }
+    assert!(ids.iter().any(|id| snaps.iter().any(|s| s.ends_with(id))));
+    let files = d.storage.archive_files(CLUSTER);
+    let v = json(&d.agent.ok(&["wal-list", "--json"]));
+    let catalogued: Vec<String> = v
+        .as_array()
+        .expect("wal-list --json")
+        .iter()
+        .map(|w| format!("{}.zst", w["name"].as_str().unwrap_or_default()))
+        .collect();
+    for name in &catalogued {
+        assert!(files.contains(name), "{name} is catalogued but gone");
+    }
+    if both_ways {
+        for f in &files {
+            assert!(catalogued.contains(f), "{f} is archived but not catalogued");
+        }
+        let backups: Vec<String> = list_backups(&d.agent, None)
+            .into_iter()
+            .map(|b| format!("/db@{}", b.id))
+            .collect();
+        for s in snaps.iter().filter(|s| s.contains("/db@")) {
+            assert!(
+                backups.iter().any(|b| s.ends_with(b.as_str())),
+                "snapshot {s} is left without a catalogued backup"
+            );
+        }
+    }
 }

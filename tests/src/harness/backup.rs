@@ -17,7 +17,7 @@ use super::{run, run_ok, Client, Log, Pg, Run, Storage, TestDir, PG_USER};
 const ZFS_TIMEOUT: Duration = Duration::from_secs(120);
 /// The lock every walvault process takes around mutating zfs commands on zfs-fuse
 /// (server/src/storage/zfs_lock.rs): zfs-fuse deadlocks when several run at once.
-const ZFS_FUSE_LOCK: &str = "/tmp/.walvault-zfs-fuse.lock";
+pub const ZFS_FUSE_LOCK: &str = "/tmp/.walvault-zfs-fuse.lock";
 /// PostgreSQL's page size, and the block size of walvault's backups.
 pub const BLOCK: usize = 8192;
 

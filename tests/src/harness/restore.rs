@@ -352,6 +352,19 @@ impl Lab {
         self.operator.run(&all)
     }
 
+    /// `walvault --cluster <CLUSTER> <args…>` as the operator, started in the background
+    /// (output discarded).
+    pub fn op_spawn(&self, args: &[&str]) -> std::process::Child {
+        let mut all = vec!["--cluster", CLUSTER];
+        all.extend_from_slice(args);
+        self.operator
+            .command(&all)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn walvault")
+    }
+
     /// `walvault window --json`, as the operator.
     pub fn window(&self) -> Vec<TimelineWindow> {
         window(&self.operator, Some(CLUSTER))
