@@ -165,11 +165,7 @@ fn the_window_keeps_every_point_since_its_anchor_restorable() {
 
     let done = json(&lab.op(&["prune", "--json"]).stdout);
     assert_eq!(done["backups_dropped"], 1, "{done}");
-    assert_eq!(
-        decisions(&done, "backup", false),
-        [middle.clone()],
-        "{done}"
-    );
+    assert_eq!(decisions(&done, "backup", false), [middle], "{done}");
     assert_eq!(
         decisions(&done, "backup", true),
         [first.clone(), newest],
