@@ -4,8 +4,8 @@
 # Shows what arrived, fetches one segment back and compares it, takes a full and an
 # incremental base backup (one ZFS snapshot each), restores to a point in time twice (as an
 # instance the server starts on a clone, and written out as a PGDATA), compares the data
-# with what the cluster held then, and cleans everything up (KEEP=1 leaves it all running
-# and prints how to stop it).
+# with what the cluster held then, shows what a prune by a retention policy would destroy,
+# and cleans everything up (KEEP=1 leaves it all running and prints how to stop it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -145,6 +145,11 @@ for _ in $(seq 300); do
 done
 then_=$(checksums -h "$work/sock" -p $((port + 1)) -U postgres)
 [ "$then_" = "$at_t" ] && echo "the restored directory holds exactly the data of T" || { echo "MISMATCH: $then_"; exit 1; }
+
+step "retention: the policy of demo/main and what a prune would destroy (walvault prune --dry-run)"
+admin policy set --tenant demo --window 7 --daily 7 --min-backups 2 >/dev/null
+admin policy show
+admin prune --dry-run | cut -c1-150 | tail -8
 
 if [ "${KEEP:-0}" = 1 ]; then
     echo; echo "left running in $work (server pid $server_pid, PostgreSQL on $work/sock port $port, pool $pool)"
