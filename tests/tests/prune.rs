@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use walvault_tests::harness::backup::{backup_ok, list_backups, CLUSTER, ZFS_FUSE_LOCK};
+use walvault_tests::harness::backup::{
+    backup_ok, list_backups, Deployment, CLUSTER, ZFS_FUSE_LOCK,
+};
 use walvault_tests::harness::restore::{archive_now, Lab, PointInTime};
 use walvault_tests::harness::{wait_until, Storage};
 
@@ -294,4 +296,48 @@ fn assert_consistent(lab: &Lab, ids: &[String], both_ways: bool) {
             );
         }
     }
+}
+
+#[test]
+fn the_server_prunes_on_its_schedule() {
+    let Some(d) = Deployment::start_with(
+        "prune_scheduled",
+        Some(1),
+        "\n[retention]\nprune_interval_secs = 2\n",
+    ) else {
+        return;
+    };
+    let op = d.wv.operator("acme", None);
+    let set = op.run(&[
+        "--cluster",
+        CLUSTER,
+        "policy",
+        "set",
+        "--window",
+        "none",
+        "--min-backups",
+        "1",
+    ]);
+    assert!(set.success(), "{}", set.describe());
+    let first = backup_ok(&d.agent, &d.primary, &[]).id;
+    d.primary.pgbench(&["-n", "-t", "100"]);
+    archive_now(&d.primary);
+    let second = backup_ok(&d.agent, &d.primary, &[]).id;
+    wait_until(
+        "the scheduled prune to destroy the older backup",
+        Duration::from_secs(120),
+        || {
+            let ids: Vec<String> = list_backups(&d.agent, None)
+                .into_iter()
+                .map(|b| b.id)
+                .collect();
+            (ids == [second.clone()]).then_some(())
+        },
+    );
+    wait_until("its snapshot to go", Duration::from_secs(60), || {
+        d.snapshots()
+            .iter()
+            .all(|s| !s.ends_with(&format!("@{first}")))
+            .then_some(())
+    });
 }
