@@ -30,10 +30,10 @@ fn policies_per_tenant_and_cluster_and_who_may_touch_them() {
 
     // The tenant's policy, then a cluster override on top of it.
     let t = json(&acme.ok(&[
-        "policy", "set", "--tenant", "acme", "--window", "14", "--daily", "7", "--json",
+        "policy", "set", "--tenant", "acme", "--window", "14", "--daily", "5", "--json",
     ]));
     assert_eq!(t["tenant_policy"]["recovery_window_days"], 14, "{t}");
-    assert_eq!(t["tenant_policy"]["keep_daily"], 7, "{t}");
+    assert_eq!(t["tenant_policy"]["keep_daily"], 5, "{t}");
     let c = json(&acme.ok(&[
         "--cluster",
         "acme/db1",
@@ -46,7 +46,7 @@ fn policies_per_tenant_and_cluster_and_who_may_touch_them() {
         "--json",
     ]));
     assert_eq!(c["effective"]["recovery_window_days"], Value::Null, "{c}");
-    assert_eq!(c["effective"]["keep_daily"], 7, "{c}");
+    assert_eq!(c["effective"]["keep_daily"], 5, "{c}");
     assert_eq!(c["effective"]["min_backups"], 5, "{c}");
     assert_eq!(c["cluster_override"]["no_recovery_window"], true, "{c}");
 

@@ -49,7 +49,16 @@ fn prune_by_min_backups_destroys_the_oldest_and_keeps_what_restores() {
         return;
     };
     let d = &lab.d;
-    let set = lab.op(&["policy", "set", "--window", "none", "--min-backups", "2"]);
+    let set = lab.op(&[
+        "policy",
+        "set",
+        "--window",
+        "none",
+        "--min-backups",
+        "2",
+        "--daily",
+        "0",
+    ]);
     assert!(set.success(), "{}", set.describe());
     let mut ids = Vec::new();
     let mut at_backup = Vec::new();
@@ -144,7 +153,16 @@ fn the_window_keeps_every_point_since_its_anchor_restorable() {
     let d = &lab.d;
     // A day's window with no backup that old: the oldest backup anchors it; the middle one
     // is kept by no rule, but the WAL through it stays.
-    let set = lab.op(&["policy", "set", "--window", "1", "--min-backups", "1"]);
+    let set = lab.op(&[
+        "policy",
+        "set",
+        "--window",
+        "1",
+        "--min-backups",
+        "1",
+        "--daily",
+        "0",
+    ]);
     assert!(set.success(), "{}", set.describe());
     d.primary.pgbench(&["-n", "-t", "200"]);
     archive_now(&d.primary);
@@ -199,7 +217,16 @@ fn a_prune_killed_halfway_is_finished_by_the_next() {
     let Some(mut lab) = Lab::start("prune_killed", Some(1)) else {
         return;
     };
-    let set = lab.op(&["policy", "set", "--window", "none", "--min-backups", "1"]);
+    let set = lab.op(&[
+        "policy",
+        "set",
+        "--window",
+        "none",
+        "--min-backups",
+        "1",
+        "--daily",
+        "0",
+    ]);
     assert!(set.success(), "{}", set.describe());
     let mut ids = Vec::new();
     for _ in 0..5 {
@@ -317,6 +344,8 @@ fn the_server_prunes_on_its_schedule() {
         "none",
         "--min-backups",
         "1",
+        "--daily",
+        "0",
     ]);
     assert!(set.success(), "{}", set.describe());
     let first = backup_ok(&d.agent, &d.primary, &[]).id;

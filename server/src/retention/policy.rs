@@ -22,12 +22,13 @@ pub struct Policy {
 }
 
 impl Default for Policy {
-    /// Keeps a week restorable and at least two backups; no grid.
+    /// Keeps a week restorable, a backup of each of the last 7 days with backups (so a
+    /// restore inside the window replays at most about a day of WAL), and at least two.
     fn default() -> Self {
         Self {
             recovery_window_days: Some(7),
             keep_hourly: 0,
-            keep_daily: 0,
+            keep_daily: 7,
             keep_weekly: 0,
             keep_monthly: 0,
             min_backups: 2,
