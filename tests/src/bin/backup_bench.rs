@@ -25,11 +25,14 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use walvault_tests::harness::bench::{cpu_model, dir_bytes, meminfo_total, mib, pgbench, timed};
+use walvault_tests::harness::backup::zfs_mutate;
+use walvault_tests::harness::bench::{
+    cpu_model, dir_bytes, ensure_installed, meminfo_total, mib, peer_dataset, pgbackrest_conf,
+    pgbench, timed, zfs_get,
+};
 use walvault_tests::harness::wal::archive_conf;
 use walvault_tests::harness::{
-    chmod, chown_postgres, e2e_ready, run, Client, Log, Pg, Run, Storage, TestDir, Walvault,
-    PG_USER,
+    chmod, e2e_ready, run, Client, Log, Pg, Run, Storage, TestDir, Walvault, PG_USER,
 };
 
 /// Why barman has no incremental row.
@@ -39,9 +42,6 @@ const BARMAN: &str = "barman 3.4 with backup_method = postgres runs pg_basebacku
      database host and is not set up here.";
 
 const CLUSTER: &str = "bench/pg";
-/// The lock every walvault process takes around mutating zfs commands on zfs-fuse
-/// (server/src/storage/zfs_lock.rs).
-const ZFS_FUSE_LOCK: &str = "/tmp/.walvault-zfs-fuse.lock";
 const PGBENCH_CLIENTS: &str = "2";
 /// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`, 100 on Linux).
 const CLK_TCK: f64 = 100.0;
@@ -137,46 +137,6 @@ fn ratio(a: f64, b: f64) -> String {
     }
 }
 
-/// Runs a zfs command that changes datasets under the machine-wide zfs-fuse lock, retrying
-/// while zfs-fuse says the dataset is busy; panics on failure.
-fn zfs_mutate(log: &Log, args: &[&str]) {
-    use fs2::FileExt;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(ZFS_FUSE_LOCK)
-            .unwrap_or_else(|e| panic!("open {ZFS_FUSE_LOCK}: {e}"));
-        lock.lock_exclusive()
-            .unwrap_or_else(|e| panic!("lock {ZFS_FUSE_LOCK}: {e}"));
-        let r = run(
-            log,
-            Command::new("zfs").args(args),
-            Duration::from_secs(120),
-        );
-        drop(lock);
-        if r.success() {
-            return;
-        }
-        if !r.stderr.contains("busy") || Instant::now() > deadline {
-            panic!("{}", r.describe());
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
-}
-
-fn zfs_get(log: &Log, property: &str, dataset: &str) -> String {
-    let r = run(
-        log,
-        Command::new("zfs").args(["get", "-H", "-p", "-o", "value", property, dataset]),
-        Duration::from_secs(60),
-    );
-    assert!(r.success(), "{}", r.describe());
-    r.stdout.trim().to_owned()
-}
-
 /// `used` of a dataset (with its descendants and snapshots) once ZFS has written everything
 /// out: space is accounted when a transaction group syncs, seconds after the writes. Setting a
 /// user property waits for a sync; then the value must hold still for a few seconds.
@@ -189,7 +149,8 @@ fn settled_used(log: &Log, dataset: &str) -> u64 {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     );
-    zfs_mutate(log, &["set", &stamp, dataset]);
+    let r = zfs_mutate(log, &["set", &stamp, dataset]);
+    assert!(r.success(), "{}", r.describe());
     let get = || -> u64 { zfs_get(log, "used", dataset).parse().unwrap_or(0) };
     let mut last = get();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -237,55 +198,15 @@ struct Pgbackrest {
 }
 
 impl Pgbackrest {
-    fn setup(td: &TestDir, pool: &str, compression: &str, pg: &Pg) -> Result<Self, String> {
-        if Command::new("pgbackrest").arg("version").output().is_err() {
-            let apt = Command::new("apt-get")
-                .args(["install", "-y", "-q", "pgbackrest"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .output();
-            if !apt.is_ok_and(|o| o.status.success()) {
-                return Err("pgbackrest is not installed and apt-get install failed".into());
-            }
-        }
+    fn setup(td: &TestDir, pool: &str, pg: &Pg) -> Result<Self, String> {
+        ensure_installed("pgbackrest", "pgbackrest")?;
         let version = Command::new("pgbackrest")
             .arg("version")
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
             .unwrap_or_default();
-        let dataset = format!("{pool}/pgbackrest");
-        // Same ZFS compression as walvault's datasets (the files are zst already).
-        zfs_mutate(
-            td.log(),
-            &[
-                "create",
-                "-o",
-                &format!("compression={compression}"),
-                "-o",
-                "atime=off",
-                &dataset,
-            ],
-        );
-        let repo = PathBuf::from(zfs_get(td.log(), "mountpoint", &dataset));
-        chown_postgres(&repo);
-        let spool = td.mkdir_postgres("pgbackrest-spool");
-        let conf = td.join("pgbackrest.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=1\n\
-                 start-fast=y\narchive-check=n\nlog-level-console=warn\nlog-level-file=off\n\
-                 lock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\n\
-                 pg1-socket-path={}\npg1-user=postgres\n",
-                repo.display(),
-                spool.display(),
-                spool.display(),
-                pg.data_dir().display(),
-                pg.port(),
-                pg.socket_dir(),
-            ),
-        )
-        .expect("write pgbackrest.conf");
-        chmod(&conf, 0o644);
+        let (dataset, repo) = peer_dataset(td.log(), pool, "pgbackrest")?;
+        let conf = pgbackrest_conf(td, &repo, pg)?;
         let me = Self {
             conf,
             dataset,
@@ -353,31 +274,10 @@ struct Barman {
 }
 
 impl Barman {
-    fn setup(td: &TestDir, pool: &str, compression: &str, pg: &Pg) -> Result<Self, String> {
+    fn setup(td: &TestDir, pool: &str, pg: &Pg) -> Result<Self, String> {
         use std::os::unix::process::CommandExt;
-        if Command::new("barman").arg("--version").output().is_err() {
-            let apt = Command::new("apt-get")
-                .args(["install", "-y", "-q", "barman"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .output();
-            if !apt.is_ok_and(|o| o.status.success()) {
-                return Err("barman is not installed and apt-get install failed".into());
-            }
-        }
-        let dataset = format!("{pool}/barman");
-        zfs_mutate(
-            td.log(),
-            &[
-                "create",
-                "-o",
-                &format!("compression={compression}"),
-                "-o",
-                "atime=off",
-                &dataset,
-            ],
-        );
-        let home = PathBuf::from(zfs_get(td.log(), "mountpoint", &dataset));
-        chown_postgres(&home);
+        ensure_installed("barman", "barman")?;
+        let (dataset, home) = peer_dataset(td.log(), pool, "barman")?;
         let conf = td.join("barman.conf");
         let conninfo = pg.conninfo();
         std::fs::write(
@@ -551,14 +451,14 @@ fn main() {
         Duration::from_secs(120 + 20 * u64::from(scale)),
     );
     archive_all(&pg);
-    let pgbr = match Pgbackrest::setup(&td, pool.name(), &compression, &pg) {
+    let pgbr = match Pgbackrest::setup(&td, pool.name(), &pg) {
         Ok(p) => Some(p),
         Err(why) => {
             println!("(pgbackrest skipped: {why})");
             None
         }
     };
-    let barman = match Barman::setup(&td, pool.name(), &compression, &pg) {
+    let barman = match Barman::setup(&td, pool.name(), &pg) {
         Ok(b) => Some(b),
         Err(why) => {
             println!("(barman skipped: {why})");

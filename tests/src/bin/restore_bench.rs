@@ -30,10 +30,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use walvault_tests::harness::backup::{backup_ok, zfs_mutate, BackupInfo};
-use walvault_tests::harness::bench::{cpu_model, dir_bytes, meminfo_total, mib, pgbench, timed};
+use walvault_tests::harness::backup::{backup_ok, BackupInfo};
+use walvault_tests::harness::bench::{
+    cpu_model, dir_bytes, ensure_installed, meminfo_total, mib, peer_dataset, pgbackrest_conf,
+    pgbench, timed,
+};
 use walvault_tests::harness::restore::{archive_now, psql_conninfo, DirRestore, Lab, PointInTime};
-use walvault_tests::harness::{chmod, chown_postgres, e2e_ready, run, Log, Storage, PG_USER};
+use walvault_tests::harness::{e2e_ready, run, Log, Storage, PG_USER};
 
 const DEFAULT_SCALES: [u32; 2] = [5, 25];
 const MAX_SCALE: u32 = 40;
@@ -86,63 +89,9 @@ struct Pgbackrest {
 impl Pgbackrest {
     fn setup(lab: &Lab, pool: &str) -> Result<Self, String> {
         let td = lab.td();
-        if Command::new("pgbackrest").arg("version").output().is_err() {
-            let apt = Command::new("apt-get")
-                .args(["install", "-y", "-q", "pgbackrest"])
-                .env("DEBIAN_FRONTEND", "noninteractive")
-                .output();
-            if !apt.is_ok_and(|o| o.status.success()) {
-                return Err("pgbackrest is not installed and apt-get install failed".into());
-            }
-        }
-        let zfs_get = |property: &str, dataset: &str| -> String {
-            let r = run(
-                td.log(),
-                Command::new("zfs").args(["get", "-H", "-p", "-o", "value", property, dataset]),
-                Duration::from_secs(60),
-            );
-            assert!(r.success(), "{}", r.describe());
-            r.stdout.trim().to_owned()
-        };
-        // Same ZFS compression as walvault's datasets (the files are zst already).
-        let compression = zfs_get("compression", &format!("{pool}/walvault"));
-        let dataset = format!("{pool}/pgbackrest");
-        let r = zfs_mutate(
-            td.log(),
-            &[
-                "create",
-                "-o",
-                &format!("compression={compression}"),
-                "-o",
-                "atime=off",
-                &dataset,
-            ],
-        );
-        if !r.success() {
-            return Err(format!("create {dataset}: {}", r.describe()));
-        }
-        let repo = PathBuf::from(zfs_get("mountpoint", &dataset));
-        chown_postgres(&repo);
-        let spool = td.mkdir_postgres("pgbackrest-spool");
-        let conf = td.join("pgbackrest.conf");
-        let pg = &lab.d.primary;
-        std::fs::write(
-            &conf,
-            format!(
-                "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=1\n\
-                 start-fast=y\narchive-check=n\nlog-level-console=warn\nlog-level-file=off\n\
-                 lock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\n\
-                 pg1-socket-path={}\npg1-user=postgres\n",
-                repo.display(),
-                spool.display(),
-                spool.display(),
-                pg.data_dir().display(),
-                pg.port(),
-                pg.socket_dir(),
-            ),
-        )
-        .map_err(|e| format!("write {}: {e}", conf.display()))?;
-        chmod(&conf, 0o644);
+        ensure_installed("pgbackrest", "pgbackrest")?;
+        let (_, repo) = peer_dataset(td.log(), pool, "pgbackrest")?;
+        let conf = pgbackrest_conf(td, &repo, &lab.d.primary)?;
         let me = Self {
             conf,
             log: td.log().clone(),

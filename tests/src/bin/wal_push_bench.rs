@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use walvault_tests::harness::bench::pgbackrest_conf;
 use walvault_tests::harness::wal::local_archive_conf;
 use walvault_tests::harness::{
     chown_postgres, e2e_ready, Client, Pg, Storage, TestDir, Walvault, PG_USER,
@@ -136,23 +137,7 @@ fn pgbackrest(td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) ->
         Storage::Dir(_) => td.mkdir("pgbackrest"),
     };
     chown_postgres(&repo);
-    let conf = td.join("pgbackrest.conf");
-    let spool = td.mkdir_postgres("pgbackrest-spool");
-    std::fs::write(
-        &conf,
-        format!(
-            "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=1\nlog-level-console=warn\n\
-             log-level-file=off\nlock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\npg1-socket-path={}\n",
-            repo.display(),
-            spool.display(),
-            spool.display(),
-            pg.data_dir().display(),
-            pg.port(),
-            pg.socket_dir(),
-        ),
-    )
-    .expect("write pgbackrest.conf");
-    walvault_tests::harness::chmod(&conf, 0o644);
+    let conf = pgbackrest_conf(td, &repo, pg).expect("pgbackrest.conf");
     let pgbr = |args: &[&str]| {
         let mut c = Command::new("runuser");
         c.args(["-u", PG_USER, "--", "pgbackrest"])

@@ -1,11 +1,12 @@
 //! Small pieces the benchmark binaries share: sizes, timed commands, pgbench with a
-//! deadline, and the machine facts a report names.
+//! deadline, the machine facts a report names, and the ZFS datasets and configuration of the
+//! peer tools they compare with.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{run, Log, Pg, Run, PG_USER};
+use super::{run, Log, Pg, Run, TestDir, PG_USER};
 
 const MIB: f64 = (1u64 << 20) as f64;
 
@@ -80,4 +81,83 @@ pub fn cpu_model() -> String {
                 .map(|s| s.trim().to_owned())
         })
         .unwrap_or_else(|| "?".into())
+}
+
+/// `zfs get -Hp -o value <property> <dataset>`.
+pub fn zfs_get(log: &Log, property: &str, dataset: &str) -> String {
+    let r = run(
+        log,
+        Command::new("zfs").args(["get", "-H", "-p", "-o", "value", property, dataset]),
+        Duration::from_secs(60),
+    );
+    assert!(r.success(), "{}", r.describe());
+    r.stdout.trim().to_owned()
+}
+
+/// Installs Debian's `package` with apt-get when `program` does not run.
+pub fn ensure_installed(program: &str, package: &str) -> Result<(), String> {
+    if Command::new(program).arg("--version").output().is_ok() {
+        return Ok(());
+    }
+    let apt = Command::new("apt-get")
+        .args(["install", "-y", "-q", package])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output();
+    if apt.is_ok_and(|o| o.status.success()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{package} is not installed and apt-get install failed"
+        ))
+    }
+}
+
+/// A dataset `<pool>/<name>` for a peer tool, with the compression of walvault's own
+/// datasets (so stored sizes compare) and owned by postgres: its name and mountpoint.
+pub fn peer_dataset(log: &Log, pool: &str, name: &str) -> Result<(String, PathBuf), String> {
+    let compression = zfs_get(log, "compression", &format!("{pool}/walvault"));
+    let dataset = format!("{pool}/{name}");
+    let r = super::backup::zfs_mutate(
+        log,
+        &[
+            "create",
+            "-o",
+            &format!("compression={compression}"),
+            "-o",
+            "atime=off",
+            &dataset,
+        ],
+    );
+    if !r.success() {
+        return Err(format!("create {dataset}: {}", r.describe()));
+    }
+    let dir = PathBuf::from(zfs_get(log, "mountpoint", &dataset));
+    super::chown_postgres(&dir);
+    Ok((dataset, dir))
+}
+
+/// A pgbackrest configuration (readable by postgres) for the stanza `bench` of `pg`, with
+/// its repository in `repo`: zst level 1, immediate checkpoint, `archive-check=n` (the
+/// benches measure file copies, WAL goes to walvault).
+pub fn pgbackrest_conf(td: &TestDir, repo: &Path, pg: &Pg) -> Result<PathBuf, String> {
+    let spool = td.mkdir_postgres("pgbackrest-spool");
+    let conf = td.join("pgbackrest.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=1\n\
+             start-fast=y\narchive-check=n\nlog-level-console=warn\nlog-level-file=off\n\
+             lock-path={}\nspool-path={}\n\n[bench]\npg1-path={}\npg1-port={}\n\
+             pg1-socket-path={}\npg1-user=postgres\n",
+            repo.display(),
+            spool.display(),
+            spool.display(),
+            pg.data_dir().display(),
+            pg.port(),
+            pg.socket_dir(),
+        ),
+    )
+    .map_err(|e| format!("write {}: {e}", conf.display()))?;
+    super::chmod(&conf, 0o644);
+    Ok(conf)
 }
