@@ -33,6 +33,14 @@ fn json(stdout: &str) -> Value {
     serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
 }
 
+/// `policy set <args…>` for the lab's cluster, as its operator.
+fn set_policy(lab: &Lab, args: &[&str]) {
+    let mut all = vec!["policy", "set"];
+    all.extend_from_slice(args);
+    let r = lab.op(&all);
+    assert!(r.success(), "{}", r.describe());
+}
+
 fn decisions(v: &Value, kind: &str, keep: bool) -> Vec<String> {
     v["decisions"]
         .as_array()
@@ -49,17 +57,10 @@ fn prune_by_min_backups_destroys_the_oldest_and_keeps_what_restores() {
         return;
     };
     let d = &lab.d;
-    let set = lab.op(&[
-        "policy",
-        "set",
-        "--window",
-        "none",
-        "--min-backups",
-        "2",
-        "--daily",
-        "0",
-    ]);
-    assert!(set.success(), "{}", set.describe());
+    set_policy(
+        &lab,
+        &["--window", "none", "--min-backups", "2", "--daily", "0"],
+    );
     let mut ids = Vec::new();
     let mut at_backup = Vec::new();
     for _ in 0..3 {
@@ -153,17 +154,10 @@ fn the_window_keeps_every_point_since_its_anchor_restorable() {
     let d = &lab.d;
     // A day's window with no backup that old: the oldest backup anchors it; the middle one
     // is kept by no rule, but the WAL through it stays.
-    let set = lab.op(&[
-        "policy",
-        "set",
-        "--window",
-        "1",
-        "--min-backups",
-        "1",
-        "--daily",
-        "0",
-    ]);
-    assert!(set.success(), "{}", set.describe());
+    set_policy(
+        &lab,
+        &["--window", "1", "--min-backups", "1", "--daily", "0"],
+    );
     d.primary.pgbench(&["-n", "-t", "200"]);
     archive_now(&d.primary);
     let first = backup_ok(&d.agent, &d.primary, &[]).id;
@@ -217,17 +211,10 @@ fn a_prune_killed_halfway_is_finished_by_the_next() {
     let Some(mut lab) = Lab::start("prune_killed", Some(1)) else {
         return;
     };
-    let set = lab.op(&[
-        "policy",
-        "set",
-        "--window",
-        "none",
-        "--min-backups",
-        "1",
-        "--daily",
-        "0",
-    ]);
-    assert!(set.success(), "{}", set.describe());
+    set_policy(
+        &lab,
+        &["--window", "none", "--min-backups", "1", "--daily", "0"],
+    );
     let mut ids = Vec::new();
     for _ in 0..5 {
         lab.d.primary.pgbench(&["-n", "-t", "100"]);
