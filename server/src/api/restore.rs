@@ -239,7 +239,7 @@ impl RestoreApi {
                 .open_clone(&planned, "dir", &host, &path)
                 .map_err(status::restore)?;
             let walked = (|| {
-                let areas = clone.areas(restores_storage(&restores))?;
+                let areas = clone.areas(restores.storage())?;
                 let entries = deliver::walk(&areas)?;
                 Ok::<_, crate::restore::RestoreError>((areas, entries))
             })();
@@ -299,10 +299,6 @@ impl RestoreApi {
         blocking(move || restores.close_clone(&c).map_err(status::restore)).await?;
         result
     }
-}
-
-fn restores_storage(r: &crate::restore::Restores) -> &dyn crate::storage::Storage {
-    r.storage()
 }
 
 fn item_pb(item: Item) -> restore_dir_response::Part {

@@ -85,6 +85,7 @@ pub fn start(
     let id = planned.id.clone();
     let fail = |detail: String| RestoreError::Instance {
         id: id.clone(),
+        cluster: planned.cluster.clone(),
         detail,
     };
     let bins = PgBinaries::locate(&restores.config().pg_bin, planned.pg_major)

@@ -69,8 +69,12 @@ pub enum RestoreError {
         #[source]
         source: std::io::Error,
     },
-    #[error("restore {id}: {detail}")]
-    Instance { id: String, detail: String },
+    #[error("restore {id} of {cluster}: {detail}")]
+    Instance {
+        id: String,
+        cluster: ClusterId,
+        detail: String,
+    },
     #[error("restore {id}: no free port in restore.ports {lo}-{hi}; drop an instance or widen the range")]
     NoPort { id: String, lo: u16, hi: u16 },
 }
@@ -474,6 +478,7 @@ impl Restores {
         }
         .map_err(|detail| RestoreError::Instance {
             id: id.to_owned(),
+            cluster: record.cluster.clone(),
             detail,
         })?;
         self.close_clone(&c)?;
