@@ -34,15 +34,38 @@ pub enum Command {
         path: PathBuf,
     },
     /// Fetch one archived WAL file (restore_command = 'walvault wal-fetch %f %p'); exits 1
-    /// quietly when the archive does not have it.
+    /// quietly only when the archive does not have it, and 200 on any other failure (after
+    /// retrying an unreachable server), which makes PostgreSQL stop recovery instead of
+    /// ending it early.
     WalFetch {
+        /// A segment up to this one that the archive lacks stops recovery (200) instead of
+        /// ending it (written by `walvault restore --to dir:`).
+        #[arg(long, value_name = "SEGMENT")]
+        require_through: Option<String>,
         /// The file name (%f).
         name: String,
         /// Where to write it (%p).
         dest: PathBuf,
     },
-    /// List the WAL files archived for a cluster.
+    /// List the WAL files archived for a cluster, and per timeline the stretches the archive
+    /// holds without a break and every hole.
     WalList {
+        /// Print files and timelines as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read every archived file of a cluster (--cluster, or the configuration's), of a
+    /// tenant's clusters (--tenant) or of every cluster, check the continuity of every
+    /// timeline and that every backup's snapshots exist (operator or admin certificate);
+    /// exits 1 when it finds a problem.
+    Verify {
+        /// Every cluster of this tenant.
+        #[arg(long)]
+        tenant: Option<TenantId>,
+        /// Every cluster the certificate may see (admins: all).
+        #[arg(long, conflicts_with = "tenant")]
+        all: bool,
+        /// Print the reports as JSON.
         #[arg(long)]
         json: bool,
     },

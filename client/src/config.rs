@@ -11,6 +11,9 @@ use crate::error::ClientError;
 
 /// Where the configuration is looked for when neither `--config` nor `WALVAULT_CONFIG` says.
 pub const DEFAULT_PATH: &str = "/etc/walvault/walvault.toml";
+/// How long wal-push and wal-fetch retry an unreachable server by default: long enough for a
+/// server restart, short enough that PostgreSQL hears of an outage within a minute.
+pub const DEFAULT_RETRY_SECS: u64 = 60;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +27,7 @@ struct RawConfig {
     #[serde(default)]
     compression: Compression,
     timeout_secs: Option<u64>,
+    retry_secs: Option<u64>,
 }
 
 /// Compression on the wire.
@@ -46,6 +50,8 @@ pub struct ClientConfig {
     pub cluster: Option<ClusterId>,
     pub compression: Compression,
     pub timeout: Duration,
+    /// How long wal-push and wal-fetch go on retrying a server they cannot reach.
+    pub retry: Duration,
 }
 
 impl ClientConfig {
@@ -81,6 +87,7 @@ impl ClientConfig {
             cluster,
             compression: raw.compression,
             timeout: Duration::from_secs(raw.timeout_secs.unwrap_or(300).max(1)),
+            retry: Duration::from_secs(raw.retry_secs.unwrap_or(DEFAULT_RETRY_SECS)),
         })
     }
 }

@@ -30,7 +30,62 @@ pub enum ClientError {
     Postgres(String),
 }
 
+/// How worth retrying a failure is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Patience {
+    /// The server cannot be reached (down, restarting, the network away): retry for the
+    /// whole budget.
+    Patient,
+    /// The connection closed under us: a server going away looks like this, and so does a
+    /// refused certificate, so only a couple of quick attempts.
+    Brief,
+}
+
 impl ClientError {
+    /// Whether trying again soon may succeed, and for how long it is worth it. Refusals (of
+    /// the request or, during the handshake, of our certificate) and damage are final.
+    pub fn patience(&self) -> Option<Patience> {
+        let text = match self {
+            ClientError::Connect { detail, .. } => detail.as_str(),
+            ClientError::Server {
+                code:
+                    tonic::Code::Unavailable
+                    | tonic::Code::Cancelled
+                    | tonic::Code::Unknown
+                    | tonic::Code::Aborted
+                    | tonic::Code::DeadlineExceeded,
+                message,
+                ..
+            } => message.as_str(),
+            _ => return None,
+        };
+        let lower = text.to_lowercase();
+        const REFUSED: [&str; 4] = ["alert", "certificate", "handshake", "decrypt"];
+        const UNREACHABLE: [&str; 8] = [
+            "tcp connect error",
+            "connection refused",
+            "timed out",
+            "deadline",
+            "dns error",
+            "no route",
+            "network is unreachable",
+            "not currently accepting",
+        ];
+        if REFUSED.iter().any(|w| lower.contains(w)) && !lower.contains("tcp connect error") {
+            None
+        } else if UNREACHABLE.iter().any(|w| lower.contains(w))
+            || matches!(self, ClientError::Connect { .. })
+        {
+            Some(Patience::Patient)
+        } else {
+            Some(Patience::Brief)
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        self.patience().is_some()
+    }
+
     pub fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Self {
         let context = context.into();
         move |source| ClientError::Io { context, source }
@@ -78,9 +133,10 @@ fn explain_transport(message: &str) -> String {
         .unwrap_or(message)
         .to_owned();
     if lower.contains("peer closed connection") || lower.contains("error reading a body") {
-        return "the server closed the connection (stopped or restarted?); nothing was \
-                committed, run the command again (if it keeps closing, check that the client \
-                certificate is issued by this server's CA)"
+        return "the server closed the connection before it answered (stopped or \
+                restarted?); whether it did the work is unknown, and running the command \
+                again is safe (a WAL file pushed again is accepted again); if it keeps \
+                closing, check that the client certificate is issued by this server's CA"
             .to_owned();
     }
     if lower.contains("broken pipe")
@@ -133,6 +189,57 @@ mod tests {
     #[test]
     fn a_server_gone_mid_body_says_to_run_again() {
         let m = explain_transport("error reading a body from connection: peer closed connection");
-        assert!(m.contains("run the command again"), "{m}");
+        assert!(m.contains("running the command again is safe"), "{m}");
+        // It cannot know whether the server committed.
+        assert!(!m.contains("nothing was committed"), "{m}");
+    }
+
+    #[test]
+    fn only_what_may_pass_is_transient() {
+        let s = |code, message: &str| ClientError::Server {
+            context: "x".into(),
+            code,
+            message: message.into(),
+        };
+        let refused_tcp = "tcp connect error: Connection refused (os error 111)";
+        assert_eq!(
+            s(tonic::Code::Unavailable, refused_tcp).patience(),
+            Some(Patience::Patient)
+        );
+        assert_eq!(
+            s(
+                tonic::Code::Cancelled,
+                "operation was canceled: connection closed"
+            )
+            .patience(),
+            Some(Patience::Brief)
+        );
+        // A certificate the server refused during the handshake is final.
+        assert_eq!(
+            s(
+                tonic::Code::Unknown,
+                "transport error: connection error: received fatal alert: DecryptError"
+            )
+            .patience(),
+            None
+        );
+        let connect = |detail: &str| ClientError::Connect {
+            server: "https://b:7400".into(),
+            detail: detail.into(),
+        };
+        assert_eq!(connect(refused_tcp).patience(), Some(Patience::Patient));
+        assert_eq!(
+            connect("invalid peer certificate: UnknownIssuer").patience(),
+            None
+        );
+        for code in [
+            tonic::Code::NotFound,
+            tonic::Code::DataLoss,
+            tonic::Code::PermissionDenied,
+            tonic::Code::ResourceExhausted,
+        ] {
+            assert!(!s(code, refused_tcp).is_transient(), "{code:?}");
+        }
+        assert!(!ClientError::Integrity("bad".into()).is_transient());
     }
 }

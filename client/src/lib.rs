@@ -13,6 +13,7 @@ pub mod pgdata;
 pub mod postgres;
 pub mod progress;
 pub mod restore;
+pub mod retry;
 
 use cli::{Cli, ClusterCommand, Command, PolicyCommand, RestoresCommand, TenantCommand};
 use commands::wal_fetch::Fetched;
@@ -20,7 +21,7 @@ use config::ClientConfig;
 use error::ClientError;
 
 /// Runs a parsed command; `Ok(false)` means "failed quietly" (a WAL file the archive does
-/// not have), which exits 1 without alarm.
+/// not have, a verification that found problems and said so), which exits 1.
 pub async fn run(cli: Cli) -> Result<bool, ClientError> {
     // A mistyped restore is refused before anything else, even without a configuration.
     if let Command::Restore(args) = &cli.command {
@@ -38,15 +39,28 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
         Command::WalPush { path } => {
             commands::wal_push::run(&config, cluster, &path).await?;
         }
-        Command::WalFetch { name, dest } => {
+        Command::WalFetch {
+            require_through,
+            name,
+            dest,
+        } => {
             if let Fetched::Missing(msg) =
-                commands::wal_fetch::run(&config, cluster, &name, &dest).await?
+                commands::wal_fetch::run(&config, cluster, &name, &dest, require_through.as_deref())
+                    .await?
             {
                 eprintln!("walvault: {msg}");
                 return Ok(false);
             }
         }
         Command::WalList { json } => commands::wal_list::run(&config, cluster, json).await?,
+        Command::Verify { tenant, all, json } => {
+            let scope = match (cluster, tenant.as_ref(), all) {
+                (_, Some(t), _) => commands::verify::Scope::Tenant(t),
+                (_, None, true) => commands::verify::Scope::All,
+                (c, None, false) => commands::verify::Scope::Cluster(c),
+            };
+            return commands::verify::run(&config, scope, json).await;
+        }
         Command::Backup {
             label,
             pgdata,

@@ -16,13 +16,20 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    // PostgreSQL treats exit codes above 125 as fatal for restore_command: we use 0 and 1.
+    // As restore_command, every failure but "the archive does not have it" exits above 125,
+    // which PostgreSQL treats as fatal (commands::wal_fetch).
+    let fetch = matches!(cli.command, walvault::cli::Command::WalFetch { .. });
     match runtime.block_on(walvault::run(cli)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("walvault: {e}");
-            ExitCode::FAILURE
+            if fetch {
+                let standby = walvault::commands::wal_fetch::standby_mode();
+                ExitCode::from(walvault::commands::wal_fetch::exit_status(&e, standby))
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

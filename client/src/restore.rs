@@ -92,7 +92,7 @@ pub struct DirRestore {
 
 /// Messages to the writer thread; it finishes (and deletes) only when told so.
 enum ToWriter {
-    Part(restore_dir_response::Part),
+    Part(Box<restore_dir_response::Part>),
     Finish,
 }
 
@@ -114,10 +114,6 @@ pub async fn run_dir(
         .collect();
     let cluster_ref = crate::commands::cluster_ref(config, cluster);
     let describe = crate::commands::describe(&cluster_ref);
-    let restore_command = match &opts.restore_command {
-        Some(c) => c.clone(),
-        None => default_restore_command(config, cluster_ref.as_ref())?,
-    };
     let context = format!("restore {describe} into {}", opts.path.display());
 
     let mut client = pb::restore_client::RestoreClient::new(connect::channel(config).await?);
@@ -158,6 +154,14 @@ pub async fn run_dir(
     for (_, dir) in dirs.tablespaces() {
         stale.extend(preflight::check_target_dir(dir, opts.delta)?);
     }
+    // Recovery must not end early: a segment up to the plan's last one that the archive
+    // cannot give stops it. A standby follows the archive instead and never ends recovery.
+    let through = (opts.standby.is_none() && !plan.through_segment.is_empty())
+        .then_some(plan.through_segment.as_str());
+    let restore_command = match &opts.restore_command {
+        Some(c) => c.clone(),
+        None => default_restore_command(config, cluster_ref.as_ref(), through)?,
+    };
     let settings =
         recovery::recovery_settings(&plan.settings, &restore_command, opts.standby.as_ref())?;
     let block =
@@ -269,7 +273,11 @@ async fn receive(
                 )))
             }
             part => {
-                if to_writer.send(ToWriter::Part(part)).await.is_err() {
+                if to_writer
+                    .send(ToWriter::Part(Box::new(part)))
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -284,10 +292,12 @@ async fn receive(
 fn apply(mut w: Writer, mut rx: mpsc::Receiver<ToWriter>) -> Result<Option<Written>, ClientError> {
     while let Some(m) = rx.blocking_recv() {
         match m {
-            ToWriter::Part(restore_dir_response::Part::File(h)) => w.apply_file(&h)?,
-            ToWriter::Part(restore_dir_response::Part::Blocks(b)) => w.apply_blocks(&b)?,
-            ToWriter::Part(restore_dir_response::Part::FileEnd(e)) => w.apply_file_end(&e)?,
-            ToWriter::Part(_) => {}
+            ToWriter::Part(part) => match *part {
+                restore_dir_response::Part::File(h) => w.apply_file(&h)?,
+                restore_dir_response::Part::Blocks(b) => w.apply_blocks(&b)?,
+                restore_dir_response::Part::FileEnd(e) => w.apply_file_end(&e)?,
+                _ => {}
+            },
             ToWriter::Finish => return w.finish().map(Some),
         }
     }
@@ -298,6 +308,7 @@ fn apply(mut w: Writer, mut rx: mpsc::Receiver<ToWriter>) -> Result<Option<Writt
 fn default_restore_command(
     config: &ClientConfig,
     cluster: Option<&pb::ClusterRef>,
+    through: Option<&str>,
 ) -> Result<String, ClientError> {
     let exe = std::env::current_exe().map_err(ClientError::io(
         "find this program's path for restore_command",
@@ -311,6 +322,7 @@ fn default_restore_command(
         &exe,
         &config_path,
         cluster.as_deref(),
+        through,
     ))
 }
 

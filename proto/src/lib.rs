@@ -72,6 +72,15 @@ pub const CHUNK_SIZE: usize = 1 << 20;
 /// The largest WAL file we accept, compressed or not: PostgreSQL's maximum segment size.
 pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
 
+/// The exit status of `walvault wal-fetch` and `walvault-server wal-unpack` for every failure
+/// but "the archive does not have this file" (1): the server unreachable after retries, a
+/// refused identity, damaged content, a segment the restore needs that is missing, a local
+/// write error. PostgreSQL stops recovery with a FATAL when restore_command exits above 125,
+/// where any other non-zero status would make it end recovery and promote early.
+pub const RESTORE_FATAL_EXIT: u8 = 200;
+// PostgreSQL's threshold for a fatal restore_command status.
+const _: () = assert!(RESTORE_FATAL_EXIT > 125);
+
 #[cfg(test)]
 mod tests {
     #[test]

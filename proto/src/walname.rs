@@ -84,6 +84,15 @@ impl WalFileName {
             .map(|n| Lsn(n * u64::from(wal_segment_size)))
     }
 
+    /// Whether this names a segment at or before the segment `through` (on any timeline):
+    /// one a restore that must replay through `through` cannot do without. Names compare
+    /// by their fixed-width position part, whatever the segment size.
+    pub fn is_needed_through(&self, through: &WalFileName) -> bool {
+        self.kind() == WalFileKind::Segment
+            && through.kind() == WalFileKind::Segment
+            && self.0[8..] <= through.0[8..]
+    }
+
     /// The segment file name PostgreSQL uses for `segno` on `timeline`.
     pub fn segment(timeline: TimelineId, segno: u64, wal_segment_size: u32) -> Self {
         let per_xlogid = 0x1_0000_0000u64 / u64::from(wal_segment_size.max(1));
@@ -165,6 +174,19 @@ mod tests {
         ] {
             assert!(bad.parse::<WalFileName>().is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn segments_needed_through_a_segment() {
+        let through: WalFileName = "00000002000000010000000A".parse().unwrap();
+        let n = |s: &str| s.parse::<WalFileName>().unwrap();
+        assert!(n("00000002000000010000000A").is_needed_through(&through));
+        assert!(n("000000010000000100000009").is_needed_through(&through));
+        assert!(n("0000000100000000000000FF").is_needed_through(&through));
+        assert!(!n("00000002000000010000000B").is_needed_through(&through));
+        assert!(!n("000000030000000200000000").is_needed_through(&through));
+        assert!(!n("00000003.history").is_needed_through(&through));
+        assert!(!n("000000010000000100000009.partial").is_needed_through(&through));
     }
 
     #[test]

@@ -35,12 +35,20 @@ struct RawConfig {
     restore: RawRestore,
     #[serde(default)]
     retention: RawRetention,
+    #[serde(default)]
+    verify: RawVerify,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
     prune_interval_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawVerify {
+    interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +186,9 @@ pub struct Config {
     pub restore: RestoreConfig,
     /// How often the server prunes every cluster by its policy; `None`: only on demand.
     pub prune_interval: Option<Duration>,
+    /// How often the server verifies every cluster's archive and backups; `None`: only on
+    /// demand.
+    pub verify_interval: Option<Duration>,
 }
 
 impl Config {
@@ -245,6 +256,10 @@ impl Config {
             backup_wal_wait: Duration::from_secs(wal_wait),
             restore,
             prune_interval: match raw.retention.prune_interval_secs.unwrap_or(3600) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            verify_interval: match raw.verify.interval_secs.unwrap_or(86_400) {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },

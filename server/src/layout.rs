@@ -23,6 +23,9 @@ pub mod cluster_props {
     pub const PG_MAJOR: &str = "pg_major";
     /// The cluster's changes to its tenant's retention policy, as JSON (empty: none).
     pub const POLICY_OVERRIDE: &str = "policy_override";
+    /// Segment ranges the retention policy pruned on purpose: `tli:first-last,…` (hex
+    /// timeline, decimal segment numbers), so that a rebuilt catalog does not call them holes.
+    pub const PRUNED_WAL: &str = "pruned_wal";
 }
 
 /// Properties of a backup's snapshots (set on every snapshot of `db` and its descendants).

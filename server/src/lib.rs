@@ -6,6 +6,7 @@ pub mod auth;
 pub mod backup;
 pub mod catalog;
 pub mod config;
+pub mod fault;
 pub mod layout;
 pub mod pg;
 pub mod process;
@@ -14,6 +15,7 @@ pub mod retention;
 pub mod storage;
 pub mod tenancy;
 pub mod tls;
+pub mod verify;
 pub mod wal;
 
 pub use walvault_proto::human_bytes;
@@ -39,6 +41,12 @@ pub enum ServeError {
     Catalog(#[from] CatalogError),
     #[error("clean up interrupted pushes: {0}")]
     Recover(#[from] wal::ArchiveError),
+    #[error("clean up interrupted restores: {0}")]
+    Restores(#[from] restore::RestoreError),
+    #[error("list clusters: {0}")]
+    Tenancy(#[from] tenancy::TenancyError),
+    #[error("{0}")]
+    Fault(String),
     #[error("serve: {0}")]
     Transport(#[source] tonic::transport::Error),
 }
@@ -88,6 +96,56 @@ async fn prune_on_schedule(domain: api::Domain, every: std::time::Duration) {
     }
 }
 
+/// Verifies every cluster every `every` (the first round one interval after the start).
+async fn verify_on_schedule(domain: api::Domain, every: std::time::Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    loop {
+        tick.tick().await;
+        let d = domain.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            let clusters = match d.tenancy.clusters(None) {
+                Ok(c) => c,
+                Err(e) => return tracing::error!("scheduled verification: list clusters: {e}"),
+            };
+            for c in clusters {
+                if let Err(e) = d.verifier.verify(&c.record.id) {
+                    tracing::error!(cluster = %c.record.id, "scheduled verification: {e}");
+                }
+            }
+        });
+        if let Err(e) = round.await {
+            tracing::error!("scheduled verification: {e}");
+        }
+    }
+}
+
+/// What a start-up makes good after a crash: the archive's leftovers of interrupted pushes,
+/// each WAL directory reconciled with the catalog (files published but not catalogued are
+/// catalogued, files gone are recorded as damaged), and restores a dead process left half
+/// done. Holes in the archive are logged as each cluster's ledger is built.
+fn recover(domain: &api::Domain) -> Result<(), ServeError> {
+    let removed = domain.archive.discard_incomplete()?;
+    if removed > 0 {
+        tracing::info!(removed, "discarded files of interrupted pushes");
+    }
+    for c in domain.tenancy.clusters(None)? {
+        let id = &c.record.id;
+        let r = domain.archive.reconcile(id)?;
+        if !r.catalogued.is_empty() {
+            tracing::warn!(cluster = %id, files = ?r.catalogued, "catalogued archived files the catalog lacked (pushes interrupted between publishing and cataloguing)");
+        }
+        for (name, why) in &r.refused {
+            tracing::error!(cluster = %id, %name, "a file in the WAL directory fails its checks and was not catalogued: {why}");
+        }
+        domain.archive.ledger(id)?;
+    }
+    let cleaned = domain.restores.clean_up_interrupted()?;
+    if !cleaned.is_empty() {
+        tracing::warn!(restores = ?cleaned, "cleaned up restores interrupted by the last stop");
+    }
+    Ok(())
+}
+
 /// Serves the API on `listener` until `shutdown` resolves.
 pub async fn run(
     config: Config,
@@ -102,10 +160,13 @@ pub async fn run(
     .await
     .map_err(|e| StorageError::io("open storage", std::io::Error::other(e)))??;
     let catalog = Catalog::open(&config.catalog)?;
+    fault::check().map_err(ServeError::Fault)?;
     let domain = api::Domain::new(storage.clone(), catalog, &config);
-    let removed = domain.archive.discard_incomplete()?;
-    if removed > 0 {
-        tracing::info!(removed, "discarded files of interrupted pushes");
+    {
+        let d = domain.clone();
+        tokio::task::spawn_blocking(move || recover(&d))
+            .await
+            .map_err(|e| StorageError::io("recover", std::io::Error::other(e)))??;
     }
     tracing::info!(
         backend = storage.backend(),
@@ -115,6 +176,9 @@ pub async fn run(
     );
     if let Some(every) = config.prune_interval {
         tokio::spawn(prune_on_schedule(domain.clone(), every));
+    }
+    if let Some(every) = config.verify_interval {
+        tokio::spawn(verify_on_schedule(domain.clone(), every));
     }
     let s = api::services(domain);
     Server::builder()

@@ -41,9 +41,13 @@ enum Command {
     #[command(subcommand)]
     Catalog(CatalogCommand),
     /// Write an archived WAL file's original bytes to DEST (the restore_command of instances
-    /// the server starts); exits 1 quietly when the archive lacks it.
+    /// the server starts); exits 1 quietly when the archive lacks it, 200 (which makes
+    /// PostgreSQL stop recovery) on any other failure.
     #[command(hide = true)]
     WalUnpack {
+        /// A segment up to this one that the archive lacks is a failure (200), not a miss.
+        #[arg(long, value_name = "SEGMENT")]
+        require_through: Option<String>,
         /// The cluster's WAL directory.
         dir: PathBuf,
         /// The file name (%f).
@@ -210,15 +214,26 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Init(a) => init(a),
-        Command::WalUnpack { dir, name, dest } => {
-            return match walvault_server::wal::stored::unpack(&dir, &name, &dest) {
-                Ok(true) => ExitCode::SUCCESS,
-                Ok(false) => ExitCode::from(1),
-                Err(e) => {
-                    eprintln!("walvault-server wal-unpack: {e}");
-                    ExitCode::from(2)
-                }
-            }
+        Command::WalUnpack {
+            require_through,
+            dir,
+            name,
+            dest,
+        } => {
+            use walvault_server::wal::stored::{unpack, UnpackError};
+            let fatal = |e: String| {
+                eprintln!("walvault-server wal-unpack: {e}");
+                ExitCode::from(walvault_proto::RESTORE_FATAL_EXIT)
+            };
+            let through = match require_through.map(|t| t.parse()).transpose() {
+                Ok(t) => t,
+                Err(e) => return fatal(format!("--require-through: {e}")),
+            };
+            return match unpack(&dir, &name, &dest, through.as_ref()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(UnpackError::Missing) => ExitCode::from(1),
+                Err(UnpackError::Failed(e)) => fatal(e),
+            };
         }
         Command::Run { config } => tokio::runtime::Runtime::new()
             .context("start the runtime")

@@ -286,9 +286,9 @@ fn assert_consistent(lab: &Lab, ids: &[String], both_ways: bool) {
     assert!(ids.iter().any(|id| snaps.iter().any(|s| s.ends_with(id))));
     let files = d.storage.archive_files(CLUSTER);
     let v = json(&d.agent.ok(&["wal-list", "--json"]));
-    let catalogued: Vec<String> = v
+    let catalogued: Vec<String> = v["files"]
         .as_array()
-        .expect("wal-list --json")
+        .expect("wal-list --json has files")
         .iter()
         .map(|w| format!("{}.zst", w["name"].as_str().unwrap_or_default()))
         .collect();

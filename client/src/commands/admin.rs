@@ -5,7 +5,7 @@ use walvault_proto::{pb, ClusterId, TenantId};
 use crate::config::ClientConfig;
 use crate::connect;
 use crate::error::ClientError;
-use crate::output::human_bytes;
+use crate::output::{human_bytes, utc_time};
 
 async fn client(
     config: &ClientConfig,
@@ -162,6 +162,10 @@ pub async fn cluster_list(
                     "pg_major": (c.pg_major > 0).then_some(c.pg_major),
                     "wal_files": c.wal_files,
                     "used_bytes": c.used_bytes,
+                    "wal_holes": c.wal_holes,
+                    "damaged_files": c.damaged_files,
+                    "verified_unix": (c.verified_unix > 0).then_some(c.verified_unix),
+                    "verify_problems": c.verify_problems,
                 })
             })
             .collect();
@@ -169,8 +173,16 @@ pub async fn cluster_list(
         return Ok(());
     }
     println!(
-        "{:<36} {:>20} {:>4} {:>10} {:>10}",
-        "CLUSTER", "SYSTEM ID", "PG", "WAL FILES", "STORED"
+        "{:<36} {:>20} {:>4} {:>10} {:>10} {:>6} {:>8}  {:<23} {:>8}",
+        "CLUSTER",
+        "SYSTEM ID",
+        "PG",
+        "WAL FILES",
+        "STORED",
+        "HOLES",
+        "DAMAGED",
+        "VERIFIED",
+        "PROBLEMS"
     );
     for c in &clusters {
         let sysid = if c.system_identifier > 0 {
@@ -183,13 +195,22 @@ pub async fn cluster_list(
         } else {
             "-".into()
         };
+        let verified = if c.verified_unix > 0 {
+            utc_time(c.verified_unix)
+        } else {
+            "never".into()
+        };
         println!(
-            "{:<36} {:>20} {:>4} {:>10} {:>10}",
+            "{:<36} {:>20} {:>4} {:>10} {:>10} {:>6} {:>8}  {:<23} {:>8}",
             format!("{}/{}", c.tenant, c.name),
             sysid,
             pg,
             c.wal_files,
-            human_bytes(c.used_bytes)
+            human_bytes(c.used_bytes),
+            c.wal_holes,
+            c.damaged_files,
+            verified,
+            c.verify_problems,
         );
     }
     Ok(())

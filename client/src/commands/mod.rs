@@ -4,6 +4,7 @@ pub mod admin;
 pub mod backup;
 pub mod policy;
 pub mod restore;
+pub mod verify;
 pub mod wal_fetch;
 pub mod wal_list;
 pub mod wal_push;

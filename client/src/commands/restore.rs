@@ -214,9 +214,20 @@ async fn instance(
                         .cluster
                         .as_ref()
                         .map_or_else(|| describe.to_owned(), |c| cluster_name(Some(c)));
+                    let reached = if info.reached_lsn != 0 {
+                        format!(" (recovery reached {})", Lsn(info.reached_lsn))
+                    } else {
+                        String::new()
+                    };
                     println!(
-                        "restore {} of {cluster} is ready: {}",
-                        info.id, info.conninfo
+                        "restore {} of {cluster} is {}{reached}: {}",
+                        info.id,
+                        if info.state == "ready" {
+                            "ready"
+                        } else {
+                            &info.state
+                        },
+                        info.conninfo
                     );
                 }
                 return Ok(());
@@ -259,6 +270,9 @@ fn print_dir_restore(describe: &str, r: &DirRestore, json: bool) {
                 "deleted": r.written.deleted,
                 "duration_ms": duration_ms,
                 "settings": settings_json(&r.settings),
+                "reach_lsn": Lsn(r.plan.reach_lsn).to_string(),
+                "reach_time": time_text(r.plan.reach_micros),
+                "through_segment": r.plan.through_segment,
             })
         );
         return;
@@ -285,6 +299,24 @@ fn print_dir_restore(describe: &str, r: &DirRestore, json: bool) {
     for (oid, dir) in r.dirs.tablespaces() {
         println!("tablespace {oid} is at {}", dir.display());
     }
+    if !r.standby {
+        println!("{}", reach_text(&r.plan));
+    }
+}
+
+/// What recovery must reach, and that it fails rather than ends early.
+fn reach_text(plan: &pb::RestorePlan) -> String {
+    let at = if plan.reach_micros != 0 {
+        format!(" (commits up to {})", utc_micros(plan.reach_micros))
+    } else {
+        String::new()
+    };
+    format!(
+        "recovery must replay WAL to at least {}{at}, through segment {}; if the archive cannot \
+         give it, PostgreSQL stops with a FATAL instead of promoting early",
+        Lsn(plan.reach_lsn),
+        plan.through_segment
+    )
 }
 
 fn print_plan(
@@ -340,6 +372,9 @@ fn print_plan(
                 "bytes_total": plan.bytes_total,
                 "files_total": plan.files_total,
                 "pg_major": plan.pg_major,
+                "reach_lsn": Lsn(plan.reach_lsn).to_string(),
+                "reach_time": time_text(plan.reach_micros),
+                "through_segment": plan.through_segment,
             })
         );
         return Ok(());
@@ -355,6 +390,7 @@ fn print_plan(
     );
     println!("  target    {} on timeline {}", plan.target, plan.timeline);
     println!("  replay    about {} of WAL", human_bytes(plan.wal_bytes));
+    println!("  reach     {}", reach_text(plan));
     println!(
         "  size      {} in {} files",
         human_bytes(plan.bytes_total),
@@ -463,6 +499,29 @@ pub async fn window(
             t.backups,
             t.segments,
         );
+        if t.spans.len() > 1 {
+            for s in &t.spans {
+                println!(
+                    "    restorable from {} to {}{}",
+                    point(s.from_lsn, s.from_micros),
+                    point(s.last_commit_lsn, s.last_commit_micros),
+                    if s.until_hole.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (WAL up to {}, then a hole)", Lsn(s.end_lsn))
+                    }
+                );
+            }
+        }
+        for h in &t.holes {
+            println!("    {}", super::wal_list::hole_line(h));
+        }
+        for u in &t.unreadable {
+            println!(
+                "    UNREADABLE {}: {} (its commits are unknown to the planner)",
+                u.name, u.reason
+            );
+        }
     }
     if timelines.is_empty() {
         println!("nothing to restore yet: no backup with its WAL archived");
@@ -485,6 +544,24 @@ fn window_json(t: &pb::TimelineWindow) -> Value {
         "end_lsn": Lsn(t.end_lsn).to_string(),
         "backups": t.backups,
         "segments": t.segments,
+        "spans": t.spans.iter().map(|s| json!({
+            "from_backup": s.from_backup,
+            "from_lsn": Lsn(s.from_lsn).to_string(),
+            "from_micros": s.from_micros,
+            "from_time": time_text(s.from_micros),
+            "last_commit_lsn": Lsn(s.last_commit_lsn).to_string(),
+            "last_commit_micros": s.last_commit_micros,
+            "last_commit_time": time_text(s.last_commit_micros),
+            "end_lsn": Lsn(s.end_lsn).to_string(),
+            "backups": s.backups,
+            "segments": s.segments,
+            "until_hole": (!s.until_hole.is_empty()).then_some(&s.until_hole),
+        })).collect::<Vec<_>>(),
+        "holes": t.holes.iter().map(super::wal_list::hole_json).collect::<Vec<_>>(),
+        "unreadable": t.unreadable.iter().map(|u| json!({
+            "name": u.name,
+            "reason": u.reason,
+        })).collect::<Vec<_>>(),
     })
 }
 
@@ -509,6 +586,8 @@ fn info_json(r: &pb::RestoreInfo) -> Value {
         "path": r.path,
         "detail": r.detail,
         "timeline": r.timeline,
+        "reached_lsn": (r.reached_lsn != 0).then(|| Lsn(r.reached_lsn).to_string()),
+        "reached_time": time_text(r.reached_micros),
     })
 }
 
@@ -728,6 +807,7 @@ mod tests {
             end_lsn: 0x600_0000,
             backups: 1,
             segments: 4,
+            ..Default::default()
         };
         let v = window_json(&t);
         assert_eq!(v["switch_lsn"], "0/30000A0");

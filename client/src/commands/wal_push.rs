@@ -1,5 +1,7 @@
 //! `walvault wal-push PATH`: PostgreSQL's archive_command. Succeeds only when the server
-//! says the file is on stable storage.
+//! says the file is on stable storage. A server that cannot be reached, or that goes away
+//! before it answers, is retried within the configuration's `retry_secs`: pushing the same
+//! file again is always safe (the same content is accepted again).
 
 use std::path::Path;
 
@@ -9,6 +11,7 @@ use walvault_proto::{ClusterId, WalFileName, CHUNK_SIZE, MAX_WAL_FILE_SIZE};
 use crate::config::{ClientConfig, Compression};
 use crate::connect;
 use crate::error::ClientError;
+use crate::retry::retrying;
 
 /// Fast enough that PostgreSQL's pg_wal does not pile up; WAL compresses well even so.
 const ZSTD_LEVEL: i32 = 1;
@@ -55,18 +58,21 @@ pub async fn run(
         })),
     };
     drop(content);
-    let chunks: Vec<pb::PushWalRequest> = payload
-        .chunks(CHUNK_SIZE)
-        .map(|c| pb::PushWalRequest {
-            part: Some(Part::Chunk(c.to_vec())),
-        })
-        .collect();
-    let stream = tokio_stream::iter(std::iter::once(header).chain(chunks));
-    let channel = connect::channel(config).await?;
-    let mut client = pb::archive_client::ArchiveClient::new(channel);
-    let response = client
-        .push_wal(stream)
-        .await
-        .map_err(ClientError::server(context))?;
-    Ok(response.into_inner().already_archived)
+    retrying(config.retry, || async {
+        let chunks: Vec<pb::PushWalRequest> = payload
+            .chunks(CHUNK_SIZE)
+            .map(|c| pb::PushWalRequest {
+                part: Some(Part::Chunk(c.to_vec())),
+            })
+            .collect();
+        let stream = tokio_stream::iter(std::iter::once(header.clone()).chain(chunks));
+        let channel = connect::channel(config).await?;
+        let mut client = pb::archive_client::ArchiveClient::new(channel);
+        let response = client
+            .push_wal(stream)
+            .await
+            .map_err(ClientError::server(context.clone()))?;
+        Ok(response.into_inner().already_archived)
+    })
+    .await
 }

@@ -61,8 +61,14 @@ fn command_word(s: &str) -> String {
     word.replace('%', "%%")
 }
 
-/// `restore_command` fetching from the archive with this very client and configuration.
-pub fn restore_command(exe: &Path, config: &Path, cluster: Option<&str>) -> String {
+/// `restore_command` fetching from the archive with this very client and configuration;
+/// with `through`, recovery stops (rather than ends) when a segment up to it is missing.
+pub fn restore_command(
+    exe: &Path,
+    config: &Path,
+    cluster: Option<&str>,
+    through: Option<&str>,
+) -> String {
     let mut cmd = format!(
         "{} --config {}",
         command_word(&exe.to_string_lossy()),
@@ -71,7 +77,11 @@ pub fn restore_command(exe: &Path, config: &Path, cluster: Option<&str>) -> Stri
     if let Some(c) = cluster {
         let _ = write!(cmd, " --cluster {}", command_word(c));
     }
-    cmd.push_str(" wal-fetch %f %p");
+    cmd.push_str(" wal-fetch");
+    if let Some(t) = through {
+        let _ = write!(cmd, " --require-through {}", command_word(t));
+    }
+    cmd.push_str(" %f %p");
     cmd
 }
 
@@ -271,15 +281,17 @@ mod tests {
             Path::new("/usr/local/bin/walvault"),
             Path::new("/etc/walvault/walvault.toml"),
             Some("acme/orders"),
+            Some("00000002000000000000001A"),
         );
         assert_eq!(
             cmd,
             "/usr/local/bin/walvault --config /etc/walvault/walvault.toml --cluster acme/orders \
-             wal-fetch %f %p"
+             wal-fetch --require-through 00000002000000000000001A %f %p"
         );
         let cmd = restore_command(
             Path::new("/opt/my tools/walvault"),
             Path::new("/etc/it's 100%.toml"),
+            None,
             None,
         );
         assert_eq!(

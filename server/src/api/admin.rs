@@ -1,12 +1,20 @@
 //! The Admin service: who am I, tenants and clusters.
 
+use std::pin::Pin;
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 use walvault_proto::pb;
 use walvault_proto::{ClusterId, TenantId};
 
-use super::{blocking, principal, status, Domain};
+use super::{blocking, cluster_ref, principal, status, Domain};
 use crate::auth::Principal;
 use crate::tenancy::{ClusterView, TenantView};
+use crate::verify::{Health, Report};
+
+type VerifyStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterVerification, Status>> + Send>>;
 
 #[derive(Debug)]
 pub struct AdminApi {
@@ -38,7 +46,7 @@ fn tenant_pb(t: TenantView) -> pb::Tenant {
     }
 }
 
-fn cluster_pb(c: ClusterView) -> pb::Cluster {
+fn cluster_pb(c: ClusterView, h: Health) -> pb::Cluster {
     let b = c.record.binding;
     pb::Cluster {
         tenant: c.record.id.tenant().to_string(),
@@ -48,6 +56,34 @@ fn cluster_pb(c: ClusterView) -> pb::Cluster {
         pg_major: b.map_or(0, |b| b.pg_major),
         wal_files: c.wal_files,
         used_bytes: c.used,
+        wal_holes: h.holes as u32,
+        damaged_files: h.damaged as u32,
+        verified_unix: h.verified.map_or(0, |(t, _)| t),
+        verify_problems: h.verified.map_or(0, |(_, n)| n as u32),
+    }
+}
+
+fn verification_pb(r: &Report) -> pb::ClusterVerification {
+    pb::ClusterVerification {
+        cluster: Some(pb::ClusterRef {
+            tenant: r.cluster.tenant().to_string(),
+            cluster: r.cluster.name().to_owned(),
+        }),
+        files_checked: r.files_checked,
+        bytes_checked: r.bytes_checked,
+        backups_checked: r.backups_checked,
+        problems: r
+            .problems
+            .iter()
+            .map(|p| pb::VerifyProblem {
+                kind: p.kind.as_str().into(),
+                name: p.name.clone(),
+                detail: p.detail.clone(),
+            })
+            .collect(),
+        catalogued: r.catalogued,
+        duration_ms: r.duration_ms,
+        verified_unix: r.verified_unix,
     }
 }
 
@@ -137,11 +173,14 @@ impl pb::admin_server::Admin for AdminApi {
             .map_err(|e| Status::invalid_argument(format!("{e}")))?;
         let tenancy = self.domain.tenancy.clone();
         let record = blocking(move || tenancy.create_cluster(&id).map_err(status::tenancy)).await?;
-        Ok(Response::new(cluster_pb(ClusterView {
-            record,
-            wal_files: 0,
-            used: 0,
-        })))
+        Ok(Response::new(cluster_pb(
+            ClusterView {
+                record,
+                wal_files: 0,
+                used: 0,
+            },
+            Health::default(),
+        )))
     }
 
     async fn list_clusters(
@@ -160,6 +199,7 @@ impl pb::admin_server::Admin for AdminApi {
             Some(tenant_id(&req.tenant)?)
         };
         let tenancy = self.domain.tenancy.clone();
+        let verifier = self.domain.verifier.clone();
         let views = blocking(move || {
             if let Some(t) = &tenant {
                 if let Principal::Agent(_) = who {
@@ -172,11 +212,86 @@ impl pb::admin_server::Admin for AdminApi {
             if let Principal::Agent(own) = &who {
                 all.retain(|c| &c.record.id == own);
             }
-            Ok(all)
+            all.into_iter()
+                .map(|c| {
+                    let h = verifier.health(&c.record.id).map_err(status::verify)?;
+                    Ok((c, h))
+                })
+                .collect::<Result<Vec<_>, Status>>()
         })
         .await?;
         Ok(Response::new(pb::ListClustersResponse {
-            clusters: views.into_iter().map(cluster_pb).collect(),
+            clusters: views.into_iter().map(|(c, h)| cluster_pb(c, h)).collect(),
         }))
     }
+
+    type VerifyStream = VerifyStream;
+
+    async fn verify(
+        &self,
+        request: Request<pb::VerifyRequest>,
+    ) -> Result<Response<Self::VerifyStream>, Status> {
+        let who = principal(&request)?;
+        let req = request.into_inner();
+        let named = cluster_ref(req.cluster)?;
+        let tenant = (!req.tenant.is_empty())
+            .then(|| tenant_id(&req.tenant))
+            .transpose()?;
+        let tenancy = self.domain.tenancy.clone();
+        let clusters = blocking(move || {
+            let list: Vec<ClusterId> = match (named, tenant, &who) {
+                (Some(_), Some(_), _) => {
+                    return Err(Status::invalid_argument(
+                        "give a cluster or a tenant to verify, not both",
+                    ))
+                }
+                (Some(c), None, _) => vec![c],
+                (None, Some(t), _) => {
+                    who.may_see_tenant(&t).map_err(status::auth)?;
+                    tenancy.tenant(&t).map_err(status::tenancy)?;
+                    ids(&tenancy, Some(&t))?
+                }
+                (None, None, Principal::Operator(t)) => ids(&tenancy, Some(t))?,
+                (None, None, _) => {
+                    who.may_administer().map_err(status::auth)?;
+                    ids(&tenancy, None)?
+                }
+            };
+            for c in &list {
+                who.may_verify(c).map_err(status::auth)?;
+            }
+            Ok(list)
+        })
+        .await?;
+        let (tx, rx) = mpsc::channel(4);
+        let verifier = self.domain.verifier.clone();
+        tokio::task::spawn_blocking(move || {
+            for c in clusters {
+                // The caller went away: stop after the cluster at hand.
+                if tx.is_closed() {
+                    return;
+                }
+                let msg = verifier
+                    .verify(&c)
+                    .map(|r| verification_pb(&r))
+                    .map_err(status::verify);
+                if tx.blocking_send(msg).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+fn ids(
+    tenancy: &crate::tenancy::Tenancy,
+    tenant: Option<&TenantId>,
+) -> Result<Vec<ClusterId>, Status> {
+    Ok(tenancy
+        .clusters(tenant)
+        .map_err(status::tenancy)?
+        .into_iter()
+        .map(|c| c.record.id)
+        .collect())
 }

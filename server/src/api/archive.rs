@@ -9,6 +9,7 @@ use walvault_proto::pb::{self, fetch_wal_response, push_wal_request};
 use walvault_proto::{WalFileKind, WalFileName, CHUNK_SIZE, MAX_WAL_FILE_SIZE};
 
 use super::{blocking, cluster_ref, principal, status, Domain};
+use crate::wal::ledger::{Hole, HoleCause};
 use crate::wal::{IncomingWal, PushOutcome};
 
 /// A compressed stream may be a little larger than its content.
@@ -28,6 +29,26 @@ impl ArchiveApi {
 fn wal_name(s: &str) -> Result<WalFileName, Status> {
     s.parse()
         .map_err(|e| Status::invalid_argument(format!("{e}")))
+}
+
+/// A hole of the continuity ledger on the wire.
+pub(super) fn hole_pb(h: &Hole, segment_size: u64) -> pb::WalHole {
+    let name = |(t, s)| crate::wal::ledger::segment_name(t, s, segment_size);
+    let (cause, detail) = match &h.cause {
+        HoleCause::Missing => ("missing", String::new()),
+        HoleCause::Damaged(why) => ("damaged", why.clone()),
+        HoleCause::Pruned => ("pruned", String::new()),
+    };
+    pb::WalHole {
+        history: h.history.0,
+        first: name(h.first),
+        last: name(h.last),
+        segments: h.count(),
+        cause: cause.into(),
+        detail,
+        start_lsn: h.start_lsn(segment_size).0,
+        message: h.describe(segment_size),
+    }
 }
 
 type FetchStream = Pin<Box<dyn Stream<Item = Result<pb::FetchWalResponse, Status>> + Send>>;
@@ -95,7 +116,8 @@ impl pb::archive_server::Archive for ArchiveApi {
                 blocking(move || archive.push(&c, incoming).map_err(status::archive)).await?;
             // Index the new segment's records in the background: PostgreSQL should not wait
             // for it, and a planner finds any segment left unindexed anyway.
-            if outcome == PushOutcome::Archived && pushed.kind() == WalFileKind::Segment {
+            let new_content = matches!(outcome, PushOutcome::Archived | PushOutcome::Repaired);
+            if new_content && pushed.kind() == WalFileKind::Segment {
                 let index = self.domain.restores.time_index().clone();
                 tokio::task::spawn_blocking(move || {
                     if let Err(e) = index.index_one(&cluster, &pushed) {
@@ -157,8 +179,33 @@ impl pb::archive_server::Archive for ArchiveApi {
             .map_err(status::auth)?;
         who.may_read(&cluster).map_err(status::auth)?;
         let archive = self.domain.archive.clone();
-        let files = blocking(move || archive.list(&cluster).map_err(status::archive)).await?;
+        let (files, ledger) = blocking(move || {
+            let files = archive.list(&cluster).map_err(status::archive)?;
+            let ledger = archive.ledger(&cluster).map_err(status::archive)?;
+            Ok((files, ledger))
+        })
+        .await?;
+        let seg = ledger.segment_size;
+        let name =
+            |(t, s): (walvault_proto::TimelineId, u64)| crate::wal::ledger::segment_name(t, s, seg);
         Ok(Response::new(pb::ListWalResponse {
+            timelines: ledger
+                .timelines
+                .iter()
+                .map(|t| pb::TimelineLedger {
+                    timeline: t.timeline.0,
+                    stretches: t
+                        .stretches
+                        .iter()
+                        .map(|s| pb::WalStretch {
+                            first: name(s.first),
+                            last: name(s.last),
+                            segments: s.last.1 - s.first.1 + 1,
+                        })
+                        .collect(),
+                    holes: t.holes.iter().map(|h| hole_pb(h, seg)).collect(),
+                })
+                .collect(),
             files: files
                 .into_iter()
                 .map(|w| pb::WalFile {

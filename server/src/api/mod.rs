@@ -23,6 +23,7 @@ use crate::retention::prune::Pruner;
 use crate::retention::Policies;
 use crate::storage::Storage;
 use crate::tenancy::Tenancy;
+use crate::verify::Verifier;
 use crate::wal::WalArchive;
 
 pub use admin::AdminApi;
@@ -40,6 +41,7 @@ pub struct Domain {
     pub restores: Restores,
     pub policies: Policies,
     pub pruner: Pruner,
+    pub verifier: Verifier,
 }
 
 impl Domain {
@@ -68,12 +70,19 @@ impl Domain {
             restores.clone(),
             policies.clone(),
         );
+        let verifier = Verifier::new(
+            storage.clone(),
+            catalog.clone(),
+            archive.clone(),
+            restores.clone(),
+        );
         Self {
             archive,
             backups,
             restores,
             policies,
             pruner,
+            verifier,
             tenancy: Tenancy::new(storage, catalog),
         }
     }

@@ -118,22 +118,59 @@ fn plan_pb(
         bytes_total,
         files_total,
         pg_major: p.pg_major,
+        reach_lsn: p.plan.reach.0,
+        reach_micros: p.plan.reach_micros.unwrap_or(0),
+        through_segment: p.through_name(),
     }
 }
 
 fn window_pb(w: &Window) -> pb::TimelineWindow {
+    let seg = w.segment_size;
+    let oldest = w.oldest();
     pb::TimelineWindow {
         timeline: w.timeline.0,
         parent: w.parent.map(|(t, _)| t.0).unwrap_or(0),
         switch_lsn: w.parent.map(|(_, l)| l.0).unwrap_or(0),
-        oldest_backup: w.oldest.as_ref().map(|b| b.id.clone()).unwrap_or_default(),
-        from_lsn: w.oldest.as_ref().map(|b| b.stop_lsn.0).unwrap_or(0),
-        from_micros: w.oldest.as_ref().map(|b| b.consistent_micros).unwrap_or(0),
-        last_commit_lsn: w.last_commit.map(|(l, _)| l.0).unwrap_or(0),
-        last_commit_micros: w.max_micros.unwrap_or(0),
-        end_lsn: w.end_lsn.map(|l| l.0).unwrap_or(0),
+        oldest_backup: oldest.map(|b| b.id.clone()).unwrap_or_default(),
+        from_lsn: oldest.map(|b| b.stop_lsn.0).unwrap_or(0),
+        from_micros: oldest.map(|b| b.consistent_micros).unwrap_or(0),
+        last_commit_lsn: w.last_commit().map(|(l, _)| l.0).unwrap_or(0),
+        last_commit_micros: w.max_micros().unwrap_or(0),
+        end_lsn: w.end_lsn().map(|l| l.0).unwrap_or(0),
         backups: w.backups as u32,
         segments: w.segments as u32,
+        spans: w
+            .spans
+            .iter()
+            .map(|s| pb::RestorableSpan {
+                from_backup: s.from.id.clone(),
+                from_lsn: s.from.stop_lsn.0,
+                from_micros: s.from.consistent_micros,
+                last_commit_lsn: s.last_commit.map(|(l, _)| l.0).unwrap_or(0),
+                last_commit_micros: s.max_micros.unwrap_or(0),
+                end_lsn: s.end_lsn.0,
+                backups: s.backups as u32,
+                segments: s.segments as u32,
+                until_hole: s
+                    .until
+                    .as_ref()
+                    .map(|h| crate::wal::ledger::segment_name(h.first.0, h.first.1, seg))
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        holes: w
+            .holes
+            .iter()
+            .map(|h| super::archive::hole_pb(h, seg))
+            .collect(),
+        unreadable: w
+            .unreadable
+            .iter()
+            .map(|((t, s), why)| pb::UnreadableSegment {
+                name: crate::wal::ledger::segment_name(*t, *s, seg),
+                reason: why.clone(),
+            })
+            .collect(),
     }
 }
 
@@ -155,6 +192,8 @@ pub(super) fn info(v: &RestoreView) -> pb::RestoreInfo {
         path: r.path.clone(),
         detail: r.detail.clone(),
         timeline: r.timeline,
+        reached_lsn: r.reached_lsn.map(|l| l.0).unwrap_or(0),
+        reached_micros: r.reached_micros.unwrap_or(0),
     }
 }
 

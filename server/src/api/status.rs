@@ -8,6 +8,7 @@ use crate::backup::BackupError;
 use crate::restore::RestoreError;
 use crate::retention::RetentionError;
 use crate::tenancy::TenancyError;
+use crate::verify::VerifyError;
 use crate::wal::ArchiveError;
 
 fn refuse(code: Code, msg: String) -> Status {
@@ -27,13 +28,26 @@ pub fn auth(e: AuthError) -> Status {
     }
 }
 
+/// The metadata key a fetch's NotFound carries when the archive definitively lacks the file
+/// (as opposed to an unknown cluster): restore_command may then exit 1.
+pub const WAL_MISSING: &str = "walvault-wal-missing";
+
 pub fn archive(e: ArchiveError) -> Status {
     use ArchiveError as E;
     let msg = e.to_string();
     match e {
         E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
         // Not an alarm: PostgreSQL probes for files that do not exist.
-        E::NotFound { .. } => Status::not_found(msg),
+        E::NotFound { .. } => {
+            let mut s = Status::not_found(msg);
+            s.metadata_mut().insert(
+                WAL_MISSING,
+                tonic::metadata::MetadataValue::from_static("1"),
+            );
+            s
+        }
+        // The archive logged it (at ERROR when it first found it).
+        E::Corrupt { .. } => Status::data_loss(msg),
         E::SizeMismatch { .. }
         | E::Undecodable { .. }
         | E::ChecksumMismatch { .. }
@@ -104,5 +118,14 @@ pub fn retention(e: RetentionError) -> Status {
         E::Restore(r) => restore(*r),
         E::Archive(a) => archive(*a),
         E::Catalog(_) | E::Storage { .. } | E::Io { .. } => fail(msg),
+    }
+}
+
+pub fn verify(e: VerifyError) -> Status {
+    match e {
+        VerifyError::ClusterNotFound(_) => refuse(Code::NotFound, e.to_string()),
+        VerifyError::Archive(a) => archive(a),
+        VerifyError::Restore(r) => restore(*r),
+        VerifyError::Catalog(_) | VerifyError::Storage { .. } => fail(e.to_string()),
     }
 }

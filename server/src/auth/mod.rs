@@ -146,6 +146,15 @@ impl Principal {
         }
     }
 
+    /// Verifying a cluster's archive and backups: its tenant's operators and admins.
+    pub fn may_verify(&self, cluster: &ClusterId) -> Result<(), AuthError> {
+        match self {
+            Principal::Operator(t) if t == cluster.tenant() => Ok(()),
+            Principal::Admin => Ok(()),
+            _ => Err(self.forbidden(format!("verify cluster {cluster}"))),
+        }
+    }
+
     /// Seeing a tenant's list of clusters: its operators and admins.
     pub fn may_see_tenant(&self, tenant: &TenantId) -> Result<(), AuthError> {
         match self {

@@ -7,11 +7,13 @@
 //! flushed before they are acknowledged.
 
 mod backups;
+mod integrity;
 mod policies;
 pub mod rebuild;
 mod restores;
 
 pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession};
+pub use integrity::DamageRecord;
 pub use restores::RestoreRecord;
 
 use std::path::Path;
@@ -101,6 +103,12 @@ pub struct Catalog {
     restores: sled::Tree,
     policies: sled::Tree,
     prune_jobs: sled::Tree,
+    /// Archived files found damaged.
+    damage: sled::Tree,
+    /// Segment ranges pruned on purpose, per cluster.
+    pruned: sled::Tree,
+    /// Each cluster's last verification.
+    verifications: sled::Tree,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -175,6 +183,9 @@ impl Catalog {
             restores: db.open_tree("restores")?,
             policies: db.open_tree("policies")?,
             prune_jobs: db.open_tree("prune_jobs")?,
+            damage: db.open_tree("damage")?,
+            pruned: db.open_tree("pruned")?,
+            verifications: db.open_tree("verifications")?,
             db,
         })
     }
@@ -300,6 +311,9 @@ impl Catalog {
         self.restores.clear()?;
         self.policies.clear()?;
         self.prune_jobs.clear()?;
+        self.damage.clear()?;
+        self.pruned.clear()?;
+        self.verifications.clear()?;
         self.flush()
     }
 }

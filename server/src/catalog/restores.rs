@@ -29,6 +29,11 @@ pub struct RestoreRecord {
     pub duration_ms: u64,
     pub detail: String,
     pub pg_major: u32,
+    /// Where recovery got to: the last replayed LSN and commit time (instances).
+    #[serde(default)]
+    pub reached_lsn: Option<walvault_proto::Lsn>,
+    #[serde(default)]
+    pub reached_micros: Option<i64>,
 }
 
 fn index_key(cluster: &ClusterId, name: &WalFileName) -> Vec<u8> {

@@ -72,6 +72,8 @@ impl fmt::Display for Goal {
 pub struct Reached {
     /// `pg_last_wal_replay_lsn()`, last seen.
     pub replay_lsn: Option<String>,
+    /// `pg_last_xact_replay_timestamp()` in Unix microseconds, last seen.
+    pub replay_micros: Option<i64>,
     pub in_recovery: bool,
     /// The current timeline once promoted; in recovery, that of the latest restartpoint.
     pub timeline: Option<u32>,
@@ -84,10 +86,11 @@ struct Poll {
     replay_lsn: Option<String>,
     paused: bool,
     timeline: Option<u32>,
+    replay_micros: Option<i64>,
 }
 
 /// The query behind [`Poll`]: every function called only where it is allowed (in or out of
-/// recovery), one row `in_recovery|replay_lsn|paused|timeline`.
+/// recovery), one row `in_recovery|replay_lsn|paused|timeline|replay_micros`.
 fn poll_sql(major: u32) -> String {
     let paused = if major >= 14 {
         "pg_get_wal_replay_pause_state() = 'paused'"
@@ -98,13 +101,14 @@ fn poll_sql(major: u32) -> String {
         "SELECT pg_is_in_recovery(), pg_last_wal_replay_lsn(), \
          CASE WHEN pg_is_in_recovery() THEN {paused} ELSE false END, \
          CASE WHEN pg_is_in_recovery() THEN (pg_control_checkpoint()).timeline_id \
-         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END"
+         ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END, \
+         (extract(epoch FROM pg_last_xact_replay_timestamp()) * 1000000)::bigint"
     )
 }
 
 fn parse_poll(output: &str) -> Option<Poll> {
     let fields: Vec<&str> = output.trim().split('|').collect();
-    let [recovery, lsn, paused, timeline] = fields[..] else {
+    let [recovery, lsn, paused, timeline, micros] = fields[..] else {
         return None;
     };
     let flag = |f: &str| match f {
@@ -120,6 +124,11 @@ fn parse_poll(output: &str) -> Option<Poll> {
             None
         } else {
             Some(timeline.parse().ok()?)
+        },
+        replay_micros: if micros.is_empty() {
+            None
+        } else {
+            Some(micros.parse().ok()?)
         },
     })
 }
@@ -365,7 +374,7 @@ impl Instance {
             port: self.spec.port,
             sql,
             output: out,
-            expected: "in_recovery|replay_lsn|paused|timeline",
+            expected: "in_recovery|replay_lsn|paused|timeline|replay_micros",
         })
     }
 
@@ -480,6 +489,7 @@ impl Instance {
     ) -> Result<Reached, PgError> {
         let mut last = Reached {
             replay_lsn: None,
+            replay_micros: None,
             in_recovery: true,
             timeline: None,
         };
@@ -501,6 +511,7 @@ impl Instance {
                         }
                         last = Reached {
                             replay_lsn: p.replay_lsn.clone(),
+                            replay_micros: p.replay_micros.or(last.replay_micros),
                             in_recovery: p.in_recovery,
                             timeline: p.timeline.or(last.timeline),
                         };
@@ -588,26 +599,29 @@ mod tests {
     #[test]
     fn poll_output_is_parsed() {
         assert_eq!(
-            parse_poll("t|0/5000060|f|1\n"),
+            parse_poll("t|0/5000060|f|1|1790000000123456\n"),
             Some(Poll {
                 in_recovery: true,
                 replay_lsn: Some("0/5000060".into()),
                 paused: false,
-                timeline: Some(1)
+                timeline: Some(1),
+                replay_micros: Some(1_790_000_000_123_456),
             })
         );
         assert_eq!(
-            parse_poll("f||f|2"),
+            parse_poll("f||f|2|"),
             Some(Poll {
                 in_recovery: false,
                 replay_lsn: None,
                 paused: false,
-                timeline: Some(2)
+                timeline: Some(2),
+                replay_micros: None,
             })
         );
-        assert_eq!(parse_poll("t|0/1|f"), None);
-        assert_eq!(parse_poll("yes|0/1|f|1"), None);
-        assert_eq!(parse_poll("t|0/1|f|x"), None);
+        assert_eq!(parse_poll("t|0/1|f|1"), None);
+        assert_eq!(parse_poll("yes|0/1|f|1|"), None);
+        assert_eq!(parse_poll("t|0/1|f|x|"), None);
+        assert_eq!(parse_poll("t|0/1|f|1|soon"), None);
     }
 
     #[test]

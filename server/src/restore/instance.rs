@@ -5,10 +5,17 @@
 //! on PostgreSQL 15 `recovery_target_action = promote` waits for an end-of-recovery
 //! checkpoint, which pausing first avoids (DESIGN §8). A `latest` restore has no target, so
 //! PostgreSQL promotes by itself at the end of the archive.
+//!
+//! A restore proves it reached its plan before it is reported ready: `wal-unpack` stops
+//! recovery with a FATAL (rather than letting it end early) when a segment up to the plan's
+//! last one is missing or damaged, and the LSN recovery replayed to is compared with the one
+//! the plan must reach; falling short fails the restore and destroys the clone.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
+
+use walvault_proto::Lsn;
 
 use super::plan::Action;
 use super::{Planned, RestoreClone, RestoreError, RestoreView, Restores};
@@ -58,10 +65,32 @@ fn restore_command(restores: &Restores, planned: &Planned) -> Result<String, Res
     let exe = std::env::current_exe().map_err(RestoreError::io("find walvault-server's binary"))?;
     let wal = restores.archive().wal_dir_path(&planned.cluster)?;
     Ok(format!(
-        "{} wal-unpack {} %f %p",
+        "{} wal-unpack --require-through {} {} %f %p",
         shell_quote(&exe.display().to_string()),
+        planned.through_name(),
         shell_quote(&wal.display().to_string())
     ))
+}
+
+/// Whether recovery got as far as the plan says it must: `None` when it did, else why not.
+fn short_of_plan(planned: &Planned, reached: &pg::Reached) -> Option<String> {
+    let want = planned.plan.reach;
+    let got = reached
+        .replay_lsn
+        .as_deref()
+        .and_then(|l| l.parse::<Lsn>().ok());
+    match got {
+        Some(l) if l >= want => None,
+        Some(l) => Some(format!(
+            "recovery replayed WAL only up to {l}, short of {want}, which the plan must reach \
+             ({}); the archive could not give the rest",
+            planned.plan.target
+        )),
+        None => Some(format!(
+            "recovery did not say how far it replayed, so reaching {want} ({}) is not proven",
+            planned.plan.target
+        )),
+    }
 }
 
 fn shell_quote(s: &str) -> String {
@@ -154,6 +183,7 @@ pub fn start(
             planned.pg_major
         ));
         let instance = Instance::start(&bins, spec).map_err(|e| fail(e.to_string()))?;
+        crate::fault::point("instance-recovering");
         let conninfo = instance.conninfo();
         running = Some(Running {
             instance,
@@ -169,9 +199,17 @@ pub fn start(
             (true, Action::Shutdown) => Goal::ShutDown,
             (true, _) => Goal::Paused,
         };
-        r.instance
+        let reached = r
+            .instance
             .wait_for(goal, deadline, progress)
             .map_err(|e| fail(e.to_string()))?;
+        // A shut-down instance cannot be asked; PostgreSQL itself fails a recovery that ends
+        // before its target, and wal-unpack one that lacks a segment it needs.
+        if goal != Goal::ShutDown {
+            if let Some(why) = short_of_plan(planned, &reached) {
+                return Err(fail(why));
+            }
+        }
         let state = match (has_target, action) {
             (true, Action::Promote) => {
                 progress("target reached; promoting");
@@ -185,7 +223,22 @@ pub fn start(
             (true, Action::Shutdown) => "stopped",
             (false, _) => "ready",
         };
+        if let Some(l) = &reached.replay_lsn {
+            progress(&format!(
+                "recovery reached {l} (the plan needed {}){}",
+                planned.plan.reach,
+                reached
+                    .replay_micros
+                    .map(|m| format!(
+                        ", last replayed commit at {}",
+                        walvault_proto::utc_time_micros(m)
+                    ))
+                    .unwrap_or_default()
+            ));
+        }
         let mut record = restores.restore(&id)?;
+        record.reached_lsn = reached.replay_lsn.as_deref().and_then(|l| l.parse().ok());
+        record.reached_micros = reached.replay_micros;
         record.state = state.into();
         record.port = (state != "stopped").then_some(port);
         record.conninfo = if state == "stopped" {
@@ -210,13 +263,8 @@ pub fn start(
             if let Some(r) = running {
                 let _ = r.stop();
             }
-            // The postmaster may hold the clone for a moment after it exits.
-            for attempt in 0..10 {
-                match restores.close_clone(&c) {
-                    Ok(()) => break,
-                    Err(_) if attempt < 9 => std::thread::sleep(Duration::from_millis(500)),
-                    Err(e2) => tracing::error!(restore = %id, "clean up the failed restore: {e2}"),
-                }
+            if let Err(e2) = restores.close_clone_patiently(&c) {
+                tracing::error!(restore = %id, "clean up the failed restore: {e2}");
             }
             Err(e)
         }

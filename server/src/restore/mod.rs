@@ -151,6 +151,14 @@ fn new_id() -> String {
     )
 }
 
+impl Planned {
+    /// The last segment the restore needs, as a file name.
+    pub fn through_name(&self) -> String {
+        let (t, s) = self.plan.through;
+        plan::segment_name(t, s, u64::from(self.segment_size))
+    }
+}
+
 impl Restores {
     pub fn new(
         storage: Arc<dyn Storage>,
@@ -200,6 +208,9 @@ impl Restores {
             );
         }
         for (key, (_, s)) in &index.segments {
+            if let Some(why) = &s.unreadable {
+                facts.unreadable.insert(*key, why.clone());
+            }
             facts.segments.insert(
                 *key,
                 plan::SegmentFacts {
@@ -214,6 +225,18 @@ impl Restores {
                 },
             );
         }
+        let seg = index.segment_size;
+        for d in self.archive.damage(cluster)? {
+            if let Some(key) = d
+                .name
+                .parse::<walvault_proto::WalFileName>()
+                .ok()
+                .and_then(|n| n.segment_number(seg).map(|s| (n.timeline(), s)))
+            {
+                facts.damaged.insert(key, d.reason);
+            }
+        }
+        facts.pruned = self.catalog.pruned(cluster)?.unwrap_or_default();
         for b in self.catalog.backups(cluster)? {
             let consistent = self.consistent_micros(cluster, &index, &b)?;
             facts.backups.push(plan::BackupPoint {
@@ -251,14 +274,29 @@ impl Restores {
         let mut complete = true;
         for segno in first..=last {
             match index.segments.get(&(b.timeline, segno)) {
+                // Unreadable: any commit before the stop LSN came before pg_backup_stop
+                // returned, so its time is a safe (later) bound.
+                Some((_, s)) if s.unreadable.is_some() => {
+                    m = m.max(b.stop_unix.saturating_add(1).saturating_mul(1_000_000));
+                    complete = false;
+                }
                 // Segments without commits need not be read.
                 Some((_, s)) if s.max_micros.is_none() => {}
-                Some((name, _)) => {
-                    let events = self.index.read(cluster, name, None)?;
-                    if let Some(t) = timeindex::max_commit_before(&events, b.stop_lsn) {
-                        m = m.max(t);
+                Some((name, _)) => match self.index.read(cluster, name, None) {
+                    Ok(events) => {
+                        if let Some(t) = timeindex::max_commit_before(&events, b.stop_lsn) {
+                            m = m.max(t);
+                        }
                     }
-                }
+                    Err(
+                        IndexError::Unreadable { .. }
+                        | IndexError::Archive(ArchiveError::Corrupt { .. }),
+                    ) => {
+                        m = m.max(b.stop_unix.saturating_add(1).saturating_mul(1_000_000));
+                        complete = false;
+                    }
+                    Err(e) => return Err(e.into()),
+                },
                 None => complete = complete && segno < b.start_lsn.0 / seg,
             }
         }
@@ -342,7 +380,15 @@ impl Restores {
             if !covers {
                 continue;
             }
-            let events = self.index.read(cluster, name, None)?;
+            let events = match self.index.read(cluster, name, None) {
+                Ok(e) => e,
+                // Reported by the window; other segments may still hold it.
+                Err(
+                    IndexError::Unreadable { .. }
+                    | IndexError::Archive(ArchiveError::Corrupt { .. }),
+                ) => continue,
+                Err(e) => return Err(e.into()),
+            };
             if let Some(lsn) = timeindex::find_xid(&events, xid) {
                 if plan::on_history(facts, timeline, *t, lsn) {
                     return Ok(lsn);
@@ -391,6 +437,8 @@ impl Restores {
             duration_ms: 0,
             detail: String::new(),
             pg_major: planned.pg_major,
+            reached_lsn: None,
+            reached_micros: None,
         };
         if let Err(e) = self.save(&record) {
             let _ = c.destroy(self.storage.as_ref());
@@ -419,6 +467,21 @@ impl Restores {
         c.destroy(self.storage.as_ref())?;
         self.catalog.remove_restore(c.id())?;
         Ok(())
+    }
+
+    /// [`Restores::close_clone`], retried for a few seconds: a postmaster that just exited
+    /// may hold the clone for a moment ("dataset is busy").
+    pub fn close_clone_patiently(&self, c: &RestoreClone) -> Result<(), RestoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.close_clone(c) {
+                Err(_) if attempt < 9 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
     }
 
     pub fn restore(&self, id: &str) -> Result<RestoreRecord, RestoreError> {
@@ -460,6 +523,34 @@ impl Restores {
             record: r,
             clone_bytes,
         }
+    }
+
+    /// Cleans up the restores a dead server process left half done (an instance still
+    /// recovering, a directory delivery whose client is gone): their PostgreSQL is stopped,
+    /// their clone destroyed and their record dropped, so none stays "recovering" forever.
+    /// Call at start-up, before serving. Blocking; returns the ids cleaned up.
+    pub fn clean_up_interrupted(&self) -> Result<Vec<String>, RestoreError> {
+        let mut done = Vec::new();
+        for r in self.catalog.restores()? {
+            if !matches!(r.state.as_str(), "recovering" | "delivering") {
+                continue;
+            }
+            let c = RestoreClone::existing(&r.cluster, &r.id)?;
+            if let Err(e) = instance::stop_leftover(self, &r, &c) {
+                tracing::error!(restore = %r.id, cluster = %r.cluster, "stop the PostgreSQL of an interrupted restore: {e}");
+                continue;
+            }
+            match self.close_clone_patiently(&c) {
+                Ok(()) => {
+                    tracing::warn!(restore = %r.id, cluster = %r.cluster, state = %r.state, "a restore was interrupted by the server's stop; its clone is destroyed: run it again");
+                    done.push(r.id);
+                }
+                Err(e) => {
+                    tracing::error!(restore = %r.id, cluster = %r.cluster, "destroy the clone of an interrupted restore: {e}")
+                }
+            }
+        }
+        Ok(done)
     }
 
     /// Stops a restore's instance, destroys its clone and forgets it. Blocking.

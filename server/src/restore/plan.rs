@@ -11,12 +11,19 @@
 //!   must lie before the end of the archived WAL (for a time: before the last archived
 //!   commit's timestamp);
 //! - WAL is read along the target timeline's history: for each segment number, the file of
-//!   the newest timeline on that history that had begun by then.
+//!   the newest timeline on that history that had begun by then;
+//! - no plan crosses a hole of the continuity ledger (a missing or damaged segment): a target
+//!   beyond one is refused with the hole and what is restorable, `latest` included;
+//! - every plan says which LSN recovery must reach at least and the last segment it needs,
+//!   so that a delivery can prove it got there (and fail rather than promote early).
 
 use std::collections::BTreeMap;
 use std::fmt;
 
 use walvault_proto::{utc_time_micros, Lsn, TimelineId};
+
+use crate::wal::ledger::{self, ArchiveView, Hole, Ledger, PrunedRange, SegKey};
+pub use crate::wal::ledger::{segment_name, timeline_for};
 
 /// A backup as the planner needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,8 +57,29 @@ pub struct Facts {
     pub backups: Vec<BackupPoint>,
     /// Each timeline's history file: (parent, switch LSN), oldest first. Timeline 1 has none.
     pub histories: BTreeMap<TimelineId, Vec<(TimelineId, Lsn)>>,
-    /// The time index, by (timeline, segment number).
+    /// The time index, by (timeline, segment number): every archived segment.
     pub segments: BTreeMap<(TimelineId, u64), SegmentFacts>,
+    /// Archived segments that cannot be read back as archived, and why: nothing is replayed
+    /// across them until a good copy repairs them.
+    pub damaged: BTreeMap<SegKey, String>,
+    /// What the retention policy pruned on purpose.
+    pub pruned: Vec<PrunedRange>,
+    /// Segments whose records the time index could not decode, and why (they are archived
+    /// and intact; only what they say about commits is unknown).
+    pub unreadable: BTreeMap<SegKey, String>,
+}
+
+impl Facts {
+    /// The continuity ledger of these facts.
+    pub fn ledger(&self) -> Ledger {
+        Ledger::compute(&ArchiveView {
+            segment_size: self.segment_size,
+            present: self.segments.keys().copied().collect(),
+            histories: self.histories.clone(),
+            damaged: self.damaged.clone(),
+            pruned: self.pruned.clone(),
+        })
+    }
 }
 
 /// A target with everything resolved to what the planner compares.
@@ -109,6 +137,30 @@ pub struct Plan {
     pub target: String,
     /// Archived WAL between the snapshot's consistent point and the target (or the end).
     pub wal_bytes: u64,
+    /// The LSN recovery must replay to at least: the end of the archive for `latest`, the
+    /// target itself, or the last commit a time target must include.
+    pub reach: Lsn,
+    /// The commit time recovery reaches, where the plan knows it.
+    pub reach_micros: Option<i64>,
+    /// The last segment the restore needs: a file up to it that the archive cannot give must
+    /// stop recovery, never end it.
+    pub through: SegKey,
+}
+
+/// A stretch of a timeline that can be restored to any point of: from the consistent point of
+/// its oldest backup to the end of the WAL that follows without a hole.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Span {
+    pub from: BackupPoint,
+    /// Backups whose WAL leads into this span.
+    pub backups: usize,
+    pub last_commit: Option<(Lsn, i64)>,
+    /// The latest commit time in the span.
+    pub max_micros: Option<i64>,
+    pub end_lsn: Lsn,
+    pub segments: usize,
+    /// The hole that ends the span; `None`: it runs to the end of the archive.
+    pub until: Option<Hole>,
 }
 
 /// One timeline's restorable window.
@@ -116,38 +168,96 @@ pub struct Plan {
 pub struct Window {
     pub timeline: TimelineId,
     pub parent: Option<(TimelineId, Lsn)>,
-    /// The oldest backup usable on this timeline.
-    pub oldest: Option<BackupPoint>,
-    pub last_commit: Option<(Lsn, i64)>,
-    /// The latest commit time on the history from the oldest backup.
-    pub max_micros: Option<i64>,
-    pub end_lsn: Option<Lsn>,
+    /// Restorable stretches, oldest first.
+    pub spans: Vec<Span>,
+    /// Every hole of the timeline's history (the ledger's), oldest first.
+    pub holes: Vec<Hole>,
+    /// Segments on the history whose records could not be decoded, and why.
+    pub unreadable: Vec<(SegKey, String)>,
+    pub segment_size: u64,
+    /// Backups on this timeline's history.
     pub backups: usize,
+    /// Segments inside the spans.
     pub segments: usize,
 }
 
 impl Window {
-    /// `from … to …`, for errors.
-    pub fn describe(&self) -> String {
-        let Some(oldest) = &self.oldest else {
-            return format!("timeline {} has no backup to restore from", self.timeline);
-        };
-        let to = match (self.max_micros, self.last_commit, self.end_lsn) {
-            (Some(t), Some((lsn, _)), Some(end)) => format!(
-                "{} (the last archived commit, LSN {lsn}; WAL up to {end})",
-                utc_time_micros(t)
-            ),
-            (_, _, Some(end)) => format!("LSN {end} (no commit archived yet)"),
-            _ => "its consistent point (no WAL archived after it)".into(),
-        };
-        format!(
-            "timeline {} is restorable from {} (backup {}, LSN {}) to {to}",
-            self.timeline,
-            utc_time_micros(oldest.consistent_micros),
-            oldest.id,
-            oldest.stop_lsn
-        )
+    /// The oldest backup a restore on this timeline can start from.
+    pub fn oldest(&self) -> Option<&BackupPoint> {
+        self.spans.first().map(|s| &s.from)
     }
+
+    fn newest(&self) -> Option<&Span> {
+        self.spans.last()
+    }
+
+    pub fn end_lsn(&self) -> Option<Lsn> {
+        self.newest().map(|s| s.end_lsn)
+    }
+
+    pub fn max_micros(&self) -> Option<i64> {
+        self.newest().and_then(|s| s.max_micros)
+    }
+
+    pub fn last_commit(&self) -> Option<(Lsn, i64)> {
+        self.newest().and_then(|s| s.last_commit)
+    }
+
+    /// `restorable from … to …`, for errors: every span, then the holes that are not the
+    /// retention policy's doing.
+    pub fn describe(&self) -> String {
+        let mut out = if self.spans.is_empty() {
+            if self.backups == 0 {
+                format!("timeline {} has no backup to restore from", self.timeline)
+            } else {
+                format!(
+                    "timeline {} has no backup whose WAL is complete in the archive",
+                    self.timeline
+                )
+            }
+        } else {
+            let spans: Vec<String> = self.spans.iter().map(describe_span).collect();
+            format!(
+                "timeline {} is restorable {}",
+                self.timeline,
+                spans.join("; and ")
+            )
+        };
+        for h in self
+            .holes
+            .iter()
+            .filter(|h| h.cause != ledger::HoleCause::Pruned)
+        {
+            out.push_str("; ");
+            out.push_str(&h.describe(self.segment_size));
+        }
+        out
+    }
+}
+
+fn describe_span(s: &Span) -> String {
+    let to = match (s.max_micros, s.last_commit) {
+        (Some(t), Some((lsn, _))) => format!(
+            "{} (the last archived commit, LSN {lsn}; WAL up to {})",
+            utc_time_micros(t),
+            s.end_lsn
+        ),
+        _ if s.end_lsn > s.from.stop_lsn => {
+            format!("LSN {} (no commit archived after the backup)", s.end_lsn)
+        }
+        _ => "its consistent point (no WAL archived after it)".into(),
+    };
+    let until = if s.until.is_some() {
+        ", where a hole begins"
+    } else {
+        ""
+    };
+    format!(
+        "from {} (backup {}, LSN {}) to {to}{until}",
+        utc_time_micros(s.from.consistent_micros),
+        s.from.id,
+        s.from.stop_lsn
+    )
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -184,28 +294,20 @@ pub enum PlanError {
         lsns: String,
         backup: String,
     },
-    #[error("the archive lacks WAL segment {segment} on timeline {timeline}, which the restore from backup {backup} needs to reach {target}")]
+    #[error("{target} cannot be reached from backup {backup}: {hole}; {window}")]
     Gap {
-        segment: String,
-        timeline: TimelineId,
-        backup: String,
         target: String,
+        backup: String,
+        /// The hole (or the missing end of the archive) in words.
+        hole: String,
+        window: String,
     },
 }
 
 /// Timelines on `timeline`'s history, oldest first, with the segment number each begins at
 /// and the LSN at which it was left (`None` for `timeline` itself).
 pub fn ancestry(facts: &Facts, timeline: TimelineId) -> Vec<(TimelineId, u64, Option<Lsn>)> {
-    let seg = facts.segment_size.max(1);
-    let entries = facts.histories.get(&timeline).cloned().unwrap_or_default();
-    let mut out = Vec::new();
-    let mut begin = 0;
-    for (parent, switch) in &entries {
-        out.push((*parent, begin, Some(*switch)));
-        begin = switch.0 / seg;
-    }
-    out.push((timeline, begin, None));
-    out
+    ledger::ancestry(&facts.histories, facts.segment_size, timeline)
 }
 
 /// Whether the point (tli, lsn) lies on `timeline`'s history.
@@ -215,33 +317,12 @@ pub fn on_history(facts: &Facts, timeline: TimelineId, tli: TimelineId, lsn: Lsn
         .any(|(t, _, end)| *t == tli && end.is_none_or(|e| lsn <= e))
 }
 
-/// The timeline whose segment file holds segment number `segno` on a history (`ancestry`).
-pub fn timeline_for(ancestry: &[(TimelineId, u64, Option<Lsn>)], segno: u64) -> TimelineId {
-    ancestry
-        .iter()
-        .rev()
-        .find(|(_, begin, _)| *begin <= segno)
-        .map(|(t, _, _)| *t)
-        .unwrap_or(ancestry[0].0)
-}
-
-/// The segment file name of (timeline, segno).
-pub fn segment_name(timeline: TimelineId, segno: u64, segment_size: u64) -> String {
-    let per_xlogid = 0x1_0000_0000 / segment_size.max(1);
-    format!(
-        "{:08X}{:08X}{:08X}",
-        timeline.0,
-        segno / per_xlogid,
-        segno % per_xlogid
-    )
-}
-
-/// The archived segments readable in order from `from` along `timeline`'s history, up to
-/// the first missing one.
+/// The archived, intact segments readable in order from `from` along `timeline`'s history,
+/// up to the first one the archive cannot give (missing or damaged).
 struct Chain<'a> {
     segments: Vec<(TimelineId, u64, &'a SegmentFacts)>,
-    /// The first segment the archive lacks: (timeline, segno).
-    missing: (TimelineId, u64),
+    /// The first segment the archive cannot give: (timeline, segno).
+    missing: SegKey,
 }
 
 fn chain<'a>(facts: &'a Facts, timeline: TimelineId, from: Lsn) -> Chain<'a> {
@@ -251,8 +332,8 @@ fn chain<'a>(facts: &'a Facts, timeline: TimelineId, from: Lsn) -> Chain<'a> {
     loop {
         let tli = timeline_for(&anc, segno);
         match facts.segments.get(&(tli, segno)) {
-            Some(s) => segments.push((tli, segno, s)),
-            None => {
+            Some(s) if !facts.damaged.contains_key(&(tli, segno)) => segments.push((tli, segno, s)),
+            _ => {
                 return Chain {
                     segments,
                     missing: (tli, segno),
@@ -264,15 +345,6 @@ fn chain<'a>(facts: &'a Facts, timeline: TimelineId, from: Lsn) -> Chain<'a> {
 }
 
 impl Chain<'_> {
-    /// Whether the archive holds WAL on this history beyond the first missing segment.
-    fn more_beyond(&self, facts: &Facts, timeline: TimelineId) -> bool {
-        let anc = ancestry(facts, timeline);
-        facts
-            .segments
-            .keys()
-            .any(|(t, s)| *s > self.missing.1 && timeline_for(&anc, *s) == *t)
-    }
-
     fn end_lsn(&self) -> Option<Lsn> {
         self.segments.last().map(|(_, _, s)| s.end_lsn)
     }
@@ -287,6 +359,9 @@ impl Chain<'_> {
             .iter()
             .rev()
             .find_map(|(_, _, s)| s.last_commit)
+    }
+    fn last_key(&self) -> Option<SegKey> {
+        self.segments.last().map(|(t, s, _)| (*t, *s))
     }
 }
 
@@ -329,35 +404,82 @@ pub fn windows(facts: &Facts) -> Vec<Window> {
         .collect();
     timelines.sort();
     timelines.dedup();
-    timelines.into_iter().map(|t| window(facts, t)).collect()
+    let ledger = facts.ledger();
+    timelines
+        .into_iter()
+        .map(|t| window_in(facts, &ledger, t))
+        .collect()
 }
 
 pub fn window(facts: &Facts, timeline: TimelineId) -> Window {
+    window_in(facts, &facts.ledger(), timeline)
+}
+
+fn window_in(facts: &Facts, ledger: &Ledger, timeline: TimelineId) -> Window {
     let backups = usable(facts, timeline);
     let parent = facts
         .histories
         .get(&timeline)
         .and_then(|h| h.last().copied());
-    let oldest = backups.first().map(|b| (*b).clone());
-    let (last_commit, max_micros, end_lsn, segments) = match &oldest {
-        Some(b) => {
-            let c = chain(facts, timeline, b.start_lsn);
-            (
-                c.last_commit(),
-                c.max_micros(),
-                c.end_lsn(),
-                c.segments.len(),
-            )
+    let holes: Vec<Hole> = ledger
+        .timeline(timeline)
+        .map(|l| l.holes.clone())
+        .unwrap_or_default();
+    let anc = ancestry(facts, timeline);
+    let unreadable = facts
+        .unreadable
+        .iter()
+        .filter(|((t, s), _)| timeline_for(&anc, *s) == *t)
+        .map(|(k, why)| (*k, why.clone()))
+        .collect();
+    // Backups by start; one span per run of WAL they lead into. A backup whose own WAL is
+    // incomplete never becomes consistent and starts nothing.
+    let mut by_start = backups.clone();
+    by_start.sort_by_key(|b| (b.start_lsn, b.stop_lsn, b.id.clone()));
+    let seg = facts.segment_size.max(1);
+    let mut spans: Vec<Span> = Vec::new();
+    let mut current: Option<(u64, SegKey)> = None;
+    for b in by_start {
+        let start = b.start_lsn.0 / seg;
+        if let (Some((last, _)), Some(span)) = (current, spans.last_mut()) {
+            if start <= last {
+                let reaches = span.end_lsn >= b.stop_lsn;
+                if reaches {
+                    span.backups += 1;
+                    if b.stop_lsn < span.from.stop_lsn {
+                        span.from = b.clone();
+                    }
+                }
+                continue;
+            }
         }
-        None => (None, None, None, 0),
-    };
+        let c = chain(facts, timeline, b.start_lsn);
+        let Some(end) = c.end_lsn() else {
+            continue;
+        };
+        if end < b.stop_lsn {
+            continue;
+        }
+        let last = c.last_key().map(|(_, s)| s).unwrap_or(start);
+        current = Some((last, c.missing));
+        spans.push(Span {
+            from: b.clone(),
+            backups: 1,
+            last_commit: c.last_commit(),
+            max_micros: c.max_micros(),
+            end_lsn: end,
+            segments: c.segments.len(),
+            until: holes.iter().find(|h| h.first.1 == c.missing.1).cloned(),
+        });
+    }
+    let segments = spans.iter().map(|s| s.segments).sum();
     Window {
         timeline,
         parent,
-        oldest,
-        last_commit,
-        max_micros,
-        end_lsn,
+        spans,
+        holes,
+        unreadable,
+        segment_size: seg,
         backups: backups.len(),
         segments,
     }
@@ -390,7 +512,8 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
         Some(t) => t,
         None => latest_timeline(facts).ok_or(PlanError::NoBackup)?,
     };
-    let win = window(facts, timeline);
+    let ledger = facts.ledger();
+    let win = window_in(facts, &ledger, timeline);
     let target_text = describe_target(&req.target);
     let outside = || PlanError::OutsideWindow {
         target: target_text.clone(),
@@ -446,48 +569,92 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
             None => return Err(outside()),
         },
     };
-    // The WAL from the chosen snapshot must reach the target.
+    // The WAL from the chosen snapshot must reach the target without crossing a hole.
+    let seg = facts.segment_size.max(1);
     let c = chain(facts, timeline, chosen.start_lsn);
+    let hole = ledger
+        .timeline(timeline)
+        .and_then(|l| l.hole_at(c.missing.1))
+        .cloned();
     let gap = || PlanError::Gap {
-        segment: segment_name(c.missing.0, c.missing.1, facts.segment_size),
-        timeline: c.missing.0,
-        backup: chosen.id.clone(),
         target: target_text.clone(),
+        backup: chosen.id.clone(),
+        hole: match &hole {
+            Some(h) => h.describe(seg),
+            None => format!(
+                "the archive ends before WAL segment {} of timeline {} (not archived yet?)",
+                segment_name(c.missing.0, c.missing.1, seg),
+                c.missing.0
+            ),
+        },
+        window: win.describe(),
     };
-    let end = c.end_lsn();
-    if end.is_none_or(|e| e < chosen.stop_lsn) {
-        return Err(gap());
-    }
-    let end = end.unwrap_or(chosen.stop_lsn);
-    let reach = match &req.target {
+    // Past the end of the chain: a hole is named, the plain end of the archive is the window.
+    let beyond = || if hole.is_some() { gap() } else { outside() };
+    let end = match c.end_lsn() {
+        Some(e) if e >= chosen.stop_lsn => e,
+        _ => return Err(gap()),
+    };
+    let anc = ancestry(facts, timeline);
+    let key_of = |lsn: Lsn| {
+        let s = lsn.0 / seg;
+        (timeline_for(&anc, s), s)
+    };
+    let (reach, reach_micros, through) = match &req.target {
         Target::Time(t) => {
             // Recovery stops at the first commit later than the target (or, exclusive, at the
             // first not earlier); without one it runs out of WAL and fails.
-            let last = c.max_micros();
-            let beyond = last.is_some_and(|m| if req.inclusive { m > *t } else { m >= *t });
-            if !beyond {
-                // Later WAL exists but the chain breaks first: name the gap.
-                return Err(if c.more_beyond(facts, timeline) {
-                    gap()
-                } else {
-                    outside()
-                });
-            }
-            end
+            let stops = |m: i64| if req.inclusive { m > *t } else { m >= *t };
+            let Some(i) = c
+                .segments
+                .iter()
+                .position(|(_, _, s)| s.max_micros.is_some_and(stops))
+            else {
+                return Err(beyond());
+            };
+            // Every commit before that segment is earlier than the target: it is replayed.
+            let included = c.segments[..i]
+                .iter()
+                .rev()
+                .find_map(|(_, _, s)| s.last_commit)
+                .map(|(l, _)| l);
+            let (tli, segno, _) = c.segments[i];
+            (
+                included.unwrap_or(chosen.stop_lsn).max(chosen.stop_lsn),
+                Some(*t),
+                (tli, segno),
+            )
         }
         Target::Lsn(l) | Target::Xid { lsn: l, .. } => {
             if *l >= end {
-                return Err(if c.more_beyond(facts, timeline) {
-                    gap()
-                } else {
-                    outside()
-                });
+                return Err(beyond());
             }
-            *l
+            let reach = if req.inclusive { *l } else { chosen.stop_lsn };
+            (reach.max(chosen.stop_lsn), None, key_of(*l))
         }
-        Target::RestorePoint(_) => target_lsn.unwrap_or(end),
-        Target::Immediate => chosen.stop_lsn,
-        Target::Latest => end,
+        Target::RestorePoint(_) => {
+            let l = target_lsn.unwrap_or(end);
+            if l >= end {
+                return Err(beyond());
+            }
+            (l.max(chosen.stop_lsn), None, key_of(l))
+        }
+        Target::Immediate => (
+            chosen.stop_lsn,
+            Some(chosen.consistent_micros),
+            key_of(Lsn(chosen.stop_lsn.0.saturating_sub(1))),
+        ),
+        Target::Latest => {
+            // Latest means everything archived: WAL beyond a hole would be lost silently.
+            if hole.is_some() {
+                return Err(gap());
+            }
+            (
+                end,
+                c.max_micros(),
+                c.last_key().unwrap_or_else(|| key_of(end)),
+            )
+        }
     };
     let mut settings = Vec::new();
     let mut set = |k: &str, v: String| settings.push((k.to_owned(), v));
@@ -507,30 +674,41 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
     if has_target {
         set("recovery_target_action", req.action.as_str().into());
     }
+    let replay_to = match &req.target {
+        Target::Latest => end,
+        _ => reach.max(target_lsn.unwrap_or(reach)),
+    };
     Ok(Plan {
         backup: chosen.clone(),
         timeline,
         settings,
         target: target_text,
-        wal_bytes: reach.0.saturating_sub(chosen.stop_lsn.0),
+        wal_bytes: replay_to.0.saturating_sub(chosen.stop_lsn.0),
+        reach,
+        reach_micros,
+        through,
     })
 }
 
-/// The LSN of a restore point on `timeline`'s history, refusing names PostgreSQL would stop
-/// at ambiguously.
+/// The LSN of a restore point on `timeline`'s history (in every archived segment of it, so
+/// that one beyond a hole is refused as such), refusing names PostgreSQL would stop at
+/// ambiguously.
 fn restore_point_lsn(
     facts: &Facts,
     timeline: TimelineId,
     name: &str,
     candidates: &[&BackupPoint],
 ) -> Result<Lsn, PlanError> {
-    let from = candidates.first().map(|b| b.start_lsn).unwrap_or(Lsn(0));
-    let c = chain(facts, timeline, from);
-    let all: Vec<(&str, Lsn)> = c
+    let from = candidates.first().map(|b| b.start_lsn.0).unwrap_or(0) / facts.segment_size.max(1);
+    let anc = ancestry(facts, timeline);
+    let all: Vec<(&str, Lsn)> = facts
         .segments
         .iter()
-        .flat_map(|(_, _, s)| s.restore_points.iter().map(|(n, l)| (n.as_str(), *l)))
+        .filter(|((t, s), _)| *s >= from && timeline_for(&anc, *s) == *t)
+        .flat_map(|(_, s)| s.restore_points.iter().map(|(n, l)| (n.as_str(), *l)))
         .collect();
+    let mut all = all;
+    all.sort_by_key(|(_, l)| *l);
     let hits: Vec<Lsn> = all
         .iter()
         .filter(|(n, _)| *n == name)
@@ -538,6 +716,7 @@ fn restore_point_lsn(
         .collect();
     let Some(last) = hits.last().copied() else {
         let mut known: Vec<&str> = all.iter().map(|(n, _)| *n).collect();
+        known.sort();
         known.dedup();
         return Err(PlanError::UnknownRestorePoint {
             name: name.to_owned(),

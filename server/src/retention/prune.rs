@@ -18,7 +18,7 @@ use super::plan::{self, PruneInput, PrunePlan};
 use super::{Policies, RetentionError};
 use crate::backup::Backups;
 use crate::catalog::Catalog;
-use crate::layout::{ClusterLayout, STORED_EXT};
+use crate::layout::ClusterLayout;
 use crate::restore::Restores;
 use crate::storage::{Storage, StorageError};
 use crate::wal::WalArchive;
@@ -231,36 +231,11 @@ impl Pruner {
                 }
             }
         }
-        let dir = self
-            .archive
-            .wal_dir_path(cluster)
+        // Through the archive: it owns the files, their lock and the continuity ledger.
+        let names: Vec<WalFileName> = job.wal.iter().filter_map(|n| n.parse().ok()).collect();
+        self.archive
+            .remove(cluster, &names)
             .map_err(|e| RetentionError::Archive(Box::new(e)))?;
-        for name in &job.wal {
-            let Ok(n) = name.parse::<WalFileName>() else {
-                continue;
-            };
-            self.catalog.remove_wal(cluster, &n)?;
-            self.catalog.remove_index_entry(cluster, &n)?;
-            let path = dir.join(format!("{name}{STORED_EXT}"));
-            match std::fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(RetentionError::Io {
-                        context: format!("{cluster}: remove {}", path.display()),
-                        source: e,
-                    })
-                }
-            }
-        }
-        if !job.wal.is_empty() {
-            std::fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| RetentionError::Io {
-                    context: format!("{cluster}: sync {}", dir.display()),
-                    source,
-                })?;
-        }
         Ok(skipped)
     }
 }

@@ -10,7 +10,15 @@
 //! - a segment must carry the cluster's system identifier and segment size, which the first
 //!   archived segment binds;
 //! - the tenant's quota is checked before writing, and a write that hits it anyway fails
-//!   without leaving anything behind.
+//!   without leaving anything behind;
+//! - nothing leaves the archive unchecked: a fetch re-reads the file against the size and
+//!   blake3 recorded when it was archived, and a damaged file is recorded (and logged) and
+//!   refused, never handed out; a push of the content it was archived with repairs it;
+//! - the catalog and the WAL directory agree after any crash: a file published but not
+//!   catalogued is catalogued (after its checks) by the next push, fetch or start-up
+//!   reconciliation; a catalogued file gone from the disk is recorded as damaged;
+//! - WAL files leave the archive only through [`WalArchive::remove`], under the cluster's
+//!   lock, which also records the pruned ranges for the continuity ledger.
 
 use std::collections::HashMap;
 use std::fs;
@@ -20,10 +28,14 @@ use std::sync::{Arc, Mutex};
 
 use walvault_proto::{ClusterId, TenantId, WalFileKind, WalFileName};
 
+use super::continuity::Continuity;
 use super::header::{HeaderError, LongPageHeader};
-use super::stored::{StoredError, StoredMeta, HEADER_LEN};
+use super::ledger::{ArchiveView, Ledger};
+use super::stored::{self, StoredError, StoredMeta, Verified, HEADER_LEN};
 use super::text;
-use crate::catalog::{Catalog, CatalogError, ClusterBinding, ClusterRecord, WalRecord};
+use crate::catalog::{
+    Catalog, CatalogError, ClusterBinding, ClusterRecord, DamageRecord, WalRecord,
+};
 use crate::layout::{self, cluster_props, ClusterLayout, INCOMING_DIR, STORED_EXT};
 use crate::storage::{Space, Storage, StorageError};
 use crate::{human_bytes, unix_now};
@@ -125,6 +137,15 @@ pub enum ArchiveError {
         #[source]
         source: StoredError,
     },
+    #[error(
+        "{cluster}: the archived copy of {name} is damaged ({reason}); it is not handed out: \
+         push its good copy (walvault wal-push from a host that still has it) to repair it"
+    )]
+    Corrupt {
+        cluster: ClusterId,
+        name: WalFileName,
+        reason: String,
+    },
     #[error("{cluster}: {context}: {source}")]
     Storage {
         cluster: ClusterId,
@@ -166,6 +187,32 @@ pub enum PushOutcome {
     Archived,
     /// The archive already held this name with the same content.
     AlreadyArchived,
+    /// The archive held this name damaged; the pushed copy, the content it was archived
+    /// with, replaced it.
+    Repaired,
+}
+
+/// What the archive holds under a name, checked.
+enum Existing {
+    None,
+    Intact(StoredMeta),
+    /// The file fails its checks or is gone from the disk although catalogued; `expected`
+    /// is the blake3 it was archived with, when anything still says.
+    Damaged {
+        expected: Option<[u8; 32]>,
+        reason: String,
+    },
+}
+
+/// What a start-up or verification reconciliation of a WAL directory with the catalog found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Files on disk the catalog lacked, checked and catalogued now.
+    pub catalogued: Vec<String>,
+    /// Catalogued files gone from the disk (now recorded as damaged).
+    pub missing: Vec<String>,
+    /// Files on disk the catalog lacked that fail their checks: (name, why); left alone.
+    pub refused: Vec<(String, String)>,
 }
 
 /// An archived file on its way out: the metadata and the zstd stream.
@@ -184,6 +231,8 @@ pub struct WalArchive {
     locks: Arc<Mutex<HashMap<ClusterId, Arc<Mutex<()>>>>>,
     /// WAL directories by cluster; mountpoints do not move while the server runs.
     wal_dirs: Arc<Mutex<HashMap<ClusterId, PathBuf>>>,
+    /// Each cluster's continuity ledger, kept current by push, remove and damage.
+    continuity: Arc<Continuity>,
 }
 
 impl WalArchive {
@@ -193,6 +242,7 @@ impl WalArchive {
             catalog,
             locks: Default::default(),
             wal_dirs: Default::default(),
+            continuity: Arc::default(),
         }
     }
 
@@ -299,17 +349,50 @@ impl WalArchive {
         let binding = self.check_content(cluster, &name, &content)?;
         let dir = self.wal_dir(cluster)?;
         let path = dir.join(format!("{name}{STORED_EXT}"));
-        if let Some(existing) = self.existing(cluster, &path)? {
-            return if existing.blake3 == incoming.blake3 {
+        let repair = match self.existing(cluster, &name, &path)? {
+            Existing::Intact(meta) if meta.blake3 == incoming.blake3 => {
+                // Published by a push that died before cataloguing it: record it now, before
+                // PostgreSQL is told it is archived and recycles its copy.
+                if self.catalog.wal_file(cluster, &name)?.is_none() {
+                    self.adopt(cluster, &name, &path, &meta)?;
+                }
                 tracing::info!(%cluster, %name, "already archived with the same content");
-                Ok(PushOutcome::AlreadyArchived)
-            } else {
-                Err(ArchiveError::ContentConflict {
+                return Ok(PushOutcome::AlreadyArchived);
+            }
+            Existing::Intact(_) => {
+                return Err(ArchiveError::ContentConflict {
                     cluster: cluster.clone(),
                     name,
                 })
-            };
-        }
+            }
+            Existing::Damaged {
+                expected: Some(b3),
+                reason,
+            } if b3 == incoming.blake3 => Some(reason),
+            Existing::Damaged {
+                expected: Some(_), ..
+            } => {
+                return Err(ArchiveError::ContentConflict {
+                    cluster: cluster.clone(),
+                    name,
+                })
+            }
+            Existing::Damaged {
+                expected: None,
+                reason,
+            } => {
+                // Nothing says what it was archived with: replacing it could replace history.
+                return Err(ArchiveError::Damaged {
+                    cluster: cluster.clone(),
+                    path: path.display().to_string(),
+                    source: StoredError::Io(std::io::Error::other(format!(
+                        "{reason}, and the catalog has no record of its content; check it and \
+                         remove it by hand before pushing {name} again"
+                    ))),
+                });
+            }
+            Existing::None => None,
+        };
 
         let zstd = if incoming.zstd {
             incoming.payload
@@ -329,7 +412,8 @@ impl WalArchive {
         if let Some(b) = binding {
             self.bind(cluster, b)?;
         }
-        self.write_durably(cluster, &name, &dir, &path, &meta, &zstd)?;
+        self.write_durably(cluster, &name, &dir, &path, &meta, &zstd, repair.is_some())?;
+        crate::fault::point("push-after-link");
         let written = started.elapsed();
         self.catalog.put_wal(
             cluster,
@@ -341,6 +425,11 @@ impl WalArchive {
                 archived_unix: meta.archived_unix,
             },
         )?;
+        self.published(cluster, &name, &content)?;
+        if let Some(reason) = &repair {
+            self.catalog.remove_damage(cluster, &name)?;
+            tracing::info!(%cluster, %name, was = %reason, "repaired: the damaged copy was replaced by the pushed one, which has the content it was archived with");
+        }
         tracing::info!(%cluster, %name, size = meta.size, stored_size, "archived");
         // Where a push spends its time, for tuning (WALVAULT_LOG=walvault_server::wal=debug).
         tracing::debug!(
@@ -352,7 +441,59 @@ impl WalArchive {
             catalog_ms = (started.elapsed() - written).as_millis(),
             "push timings"
         );
-        Ok(PushOutcome::Archived)
+        Ok(if repair.is_some() {
+            PushOutcome::Repaired
+        } else {
+            PushOutcome::Archived
+        })
+    }
+
+    /// Tells the continuity ledger about a file now in the archive. Call with the lock held.
+    fn published(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+        content: &[u8],
+    ) -> Result<(), ArchiveError> {
+        // Not built yet: it will be, from the catalog, with this file in it.
+        let seg = self.segment_size(cluster)?;
+        self.continuity.published(cluster, name, content, seg);
+        Ok(())
+    }
+
+    fn segment_size(&self, cluster: &ClusterId) -> Result<u32, ArchiveError> {
+        Ok(self
+            .cluster_record(cluster)?
+            .binding
+            .map(|b| b.wal_segment_size)
+            .unwrap_or(0))
+    }
+
+    /// Catalogues a file found published but not catalogued, after checking its content
+    /// against its name and the cluster. Call with the lock held.
+    fn adopt(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+        path: &Path,
+        meta: &StoredMeta,
+    ) -> Result<(), ArchiveError> {
+        let stored_size = fs::metadata(path)
+            .map_err(Self::io_err(cluster, format!("stat {}", path.display())))?
+            .len();
+        self.catalog.put_wal(
+            cluster,
+            &WalRecord {
+                name: name.to_string(),
+                size: meta.size,
+                stored_size,
+                blake3: hex::encode(meta.blake3),
+                archived_unix: meta.archived_unix,
+            },
+        )?;
+        self.continuity.forget(cluster);
+        tracing::warn!(%cluster, %name, "catalogued an archived file the catalog lacked (a push interrupted between publishing and cataloguing it)");
+        Ok(())
     }
 
     /// Decodes the payload and checks it against what the client declared.
@@ -514,23 +655,43 @@ impl WalArchive {
         Ok(())
     }
 
+    /// What the archive holds under `name`, read back and checked. Call with the lock held.
     fn existing(
         &self,
         cluster: &ClusterId,
+        name: &WalFileName,
         path: &Path,
-    ) -> Result<Option<StoredMeta>, ArchiveError> {
-        match fs::File::open(path) {
-            Ok(mut f) => {
-                StoredMeta::read_from(&mut f)
-                    .map(Some)
-                    .map_err(|source| ArchiveError::Damaged {
-                        cluster: cluster.clone(),
-                        path: path.display().to_string(),
-                        source,
-                    })
+    ) -> Result<Existing, ArchiveError> {
+        let recorded = self
+            .catalog
+            .wal_file(cluster, name)?
+            .and_then(|w| hex::decode(&w.blake3).ok())
+            .and_then(|b| <[u8; 32]>::try_from(b).ok());
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Ok(match recorded {
+                    Some(b3) => Existing::Damaged {
+                        expected: Some(b3),
+                        reason: "catalogued, but gone from the disk".into(),
+                    },
+                    None => Existing::None,
+                })
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(Self::io_err(cluster, format!("open {}", path.display()))(e)),
+            Err(e) => return Err(Self::io_err(cluster, format!("read {}", path.display()))(e)),
+        };
+        let framed = StoredMeta::decode(&bytes).ok().map(|m| m.blake3);
+        match stored::verify(bytes) {
+            Ok(v) => Ok(Existing::Intact(v.meta)),
+            Err(e) if e.is_damage() => Ok(Existing::Damaged {
+                expected: recorded.or(framed),
+                reason: e.to_string(),
+            }),
+            Err(source) => Err(ArchiveError::Damaged {
+                cluster: cluster.clone(),
+                path: path.display().to_string(),
+                source,
+            }),
         }
     }
 
@@ -582,6 +743,9 @@ impl WalArchive {
         }
     }
 
+    /// Temporary file, fsync, then a hard link under the final name (which never replaces) or,
+    /// to repair a damaged copy, a rename over it; then the directory is fsynced.
+    #[allow(clippy::too_many_arguments)]
     fn write_durably(
         &self,
         cluster: &ClusterId,
@@ -590,6 +754,7 @@ impl WalArchive {
         path: &Path,
         meta: &StoredMeta,
         zstd: &[u8],
+        replace: bool,
     ) -> Result<(), ArchiveError> {
         let incoming = dir.join(INCOMING_DIR);
         fs::create_dir_all(&incoming).map_err(Self::io_err(
@@ -607,9 +772,13 @@ impl WalArchive {
             f.write_all(zstd)?;
             f.sync_all()?;
             drop(f);
-            // A hard link never replaces: if another writer won, we get AlreadyExists.
-            fs::hard_link(&tmp, path)?;
-            fs::remove_file(&tmp)?;
+            if replace {
+                fs::rename(&tmp, path)?;
+            } else {
+                // A hard link never replaces: if another writer won, we get AlreadyExists.
+                fs::hard_link(&tmp, path)?;
+                fs::remove_file(&tmp)?;
+            }
             fs::File::open(dir)?.sync_all()
         })();
         result.map_err(|e| {
@@ -628,37 +797,358 @@ impl WalArchive {
         })
     }
 
-    /// Reads an archived file; blocking.
+    /// Reads an archived file and checks it against what it was archived with; blocking. A
+    /// damaged file is recorded and refused ([`ArchiveError::Corrupt`]); one the catalog
+    /// lacks is catalogued first.
     pub fn fetch(
         &self,
         cluster: &ClusterId,
         name: &WalFileName,
     ) -> Result<FetchedWal, ArchiveError> {
+        let v = self.read_verified(cluster, name)?;
+        Ok(FetchedWal {
+            meta: v.meta,
+            zstd: v.zstd,
+        })
+    }
+
+    /// An archived file's original bytes, checked like [`WalArchive::fetch`]; blocking.
+    pub fn read_plain(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+    ) -> Result<Vec<u8>, ArchiveError> {
+        Ok(self.read_verified(cluster, name)?.plain)
+    }
+
+    fn read_verified(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+    ) -> Result<Verified, ArchiveError> {
         self.cluster_record(cluster)?;
         let path = self.wal_dir(cluster)?.join(format!("{name}{STORED_EXT}"));
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == ErrorKind::NotFound => {
+                if self.catalog.wal_file(cluster, name)?.is_some() {
+                    let reason = format!("catalogued, but gone from {}", path.display());
+                    return Err(self.damaged(cluster, name, reason)?);
+                }
                 return Err(ArchiveError::NotFound {
                     cluster: cluster.clone(),
                     name: name.clone(),
-                })
+                });
             }
             Err(e) => return Err(Self::io_err(cluster, format!("read {}", path.display()))(e)),
         };
-        let meta = StoredMeta::decode(&bytes).map_err(|source| ArchiveError::Damaged {
+        match stored::verify(bytes) {
+            Ok(v) => {
+                if self.catalog.wal_file(cluster, name)?.is_none() {
+                    let lock = self.lock(cluster);
+                    let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+                    // Only what passes the checks of a push enters the catalog.
+                    self.check_content(cluster, name, &v.plain)?;
+                    if self.catalog.wal_file(cluster, name)?.is_none() {
+                        self.adopt(cluster, name, &path, &v.meta)?;
+                    }
+                }
+                Ok(v)
+            }
+            Err(e) if e.is_damage() => Err(self.damaged(cluster, name, e.to_string())?),
+            Err(source) => Err(ArchiveError::Damaged {
+                cluster: cluster.clone(),
+                path: path.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Records that an archived file is damaged (logged at ERROR the first time) and returns
+    /// the refusal to give.
+    pub(crate) fn damaged(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+        reason: String,
+    ) -> Result<ArchiveError, ArchiveError> {
+        let known = self
+            .catalog
+            .damage(cluster)?
+            .into_iter()
+            .any(|d| d.name == name.as_str() && d.reason == reason);
+        if known {
+            tracing::warn!(%cluster, %name, "refused to hand out a damaged archived file: {reason}");
+        } else {
+            self.catalog.put_damage(
+                cluster,
+                &DamageRecord {
+                    name: name.to_string(),
+                    reason: reason.clone(),
+                    found_unix: unix_now(),
+                },
+            )?;
+            self.continuity.forget(cluster);
+            tracing::error!(%cluster, %name, "archived file is damaged: {reason}; restores that need it are refused until its good copy is pushed (walvault wal-push from a host that has it)");
+        }
+        Ok(ArchiveError::Corrupt {
             cluster: cluster.clone(),
-            path: path.display().to_string(),
-            source,
-        })?;
-        Ok(FetchedWal {
-            meta,
-            zstd: bytes[HEADER_LEN..].to_vec(),
+            name: name.clone(),
+            reason,
         })
+    }
+
+    /// The damaged files of a cluster.
+    pub fn damage(&self, cluster: &ClusterId) -> Result<Vec<DamageRecord>, ArchiveError> {
+        Ok(self.catalog.damage(cluster)?)
+    }
+
+    /// Checks one archived file as a fetch would (without handing it out), and a segment's
+    /// page header against the cluster; a file found intact again loses its damage record.
+    /// `Ok(Err(why))` when it is damaged. Blocking.
+    pub fn check_file(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+    ) -> Result<Result<u64, String>, ArchiveError> {
+        match self.read_verified(cluster, name) {
+            Ok(v) => {
+                let size = v.meta.size;
+                if let Err(e) = self.check_content(cluster, name, &v.plain) {
+                    let reason = e.to_string();
+                    self.damaged(cluster, name, reason.clone())?;
+                    return Ok(Err(reason));
+                }
+                if self
+                    .catalog
+                    .damage(cluster)?
+                    .iter()
+                    .any(|d| d.name == name.as_str())
+                {
+                    self.catalog.remove_damage(cluster, name)?;
+                    self.continuity.forget(cluster);
+                    tracing::info!(%cluster, %name, "archived file reads back intact again");
+                }
+                Ok(Ok(size))
+            }
+            Err(ArchiveError::Corrupt { reason, .. }) => Ok(Err(reason)),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn list(&self, cluster: &ClusterId) -> Result<Vec<WalRecord>, ArchiveError> {
         self.cluster_record(cluster)?;
         Ok(self.catalog.wal_files(cluster)?)
+    }
+
+    /// The cluster's continuity ledger: intact stretches and holes per timeline. Blocking (the
+    /// first call per cluster reads the catalog and the history files).
+    pub fn ledger(&self, cluster: &ClusterId) -> Result<Ledger, ArchiveError> {
+        Ok(Ledger::compute(&self.view(cluster)?))
+    }
+
+    /// What the ledger is computed from, built from the catalog on first use.
+    pub fn view(&self, cluster: &ClusterId) -> Result<ArchiveView, ArchiveError> {
+        if let Some(v) = self.continuity.with_view(cluster, Clone::clone) {
+            return Ok(v);
+        }
+        let lock = self.lock(cluster);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(v) = self.continuity.with_view(cluster, Clone::clone) {
+            return Ok(v);
+        }
+        let view = self.build_view(cluster)?;
+        self.continuity.install(cluster, view.clone());
+        Ok(view)
+    }
+
+    fn build_view(&self, cluster: &ClusterId) -> Result<ArchiveView, ArchiveError> {
+        let seg = self.segment_size(cluster)?;
+        let mut view = ArchiveView {
+            segment_size: u64::from(seg),
+            ..ArchiveView::default()
+        };
+        for w in self.catalog.wal_files(cluster)? {
+            let Ok(name) = w.name.parse::<WalFileName>() else {
+                continue;
+            };
+            match name.kind() {
+                WalFileKind::Segment => {
+                    if let Some(s) = name.segment_number(seg) {
+                        view.present.insert((name.timeline(), s));
+                    }
+                }
+                WalFileKind::History => {
+                    // A damaged history file is reported as damaged; the ledger then treats
+                    // its timeline as a root.
+                    let path = self.wal_dir(cluster)?.join(format!("{name}{STORED_EXT}"));
+                    if let Some(entries) = fs::read(&path)
+                        .ok()
+                        .and_then(|b| stored::verify(b).ok())
+                        .and_then(|v| super::history::parse_history(name.timeline(), &v.plain).ok())
+                    {
+                        view.histories.insert(
+                            name.timeline(),
+                            entries.iter().map(|e| (e.parent, e.switch_lsn)).collect(),
+                        );
+                    }
+                }
+                _ => {}
+            }
+        }
+        for d in self.catalog.damage(cluster)? {
+            if let Some(key) = d
+                .name
+                .parse::<WalFileName>()
+                .ok()
+                .and_then(|n| n.segment_number(seg).map(|s| (n.timeline(), s)))
+            {
+                view.damaged.insert(key, d.reason);
+            }
+        }
+        view.pruned = self.catalog.pruned(cluster)?.unwrap_or_default();
+        Ok(view)
+    }
+
+    /// Removes archived files for good (the retention policy's prune): each leaves the
+    /// catalog (with its time-index entry and any damage record) before its file is deleted,
+    /// and the segment ranges are recorded as pruned first, so the ledger never reports
+    /// them as holes. Blocking; returns how many files were removed.
+    pub fn remove(
+        &self,
+        cluster: &ClusterId,
+        names: &[WalFileName],
+    ) -> Result<usize, ArchiveError> {
+        if names.is_empty() {
+            return Ok(0);
+        }
+        let lock = self.lock(cluster);
+        let _guard = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let seg = self.segment_size(cluster)?;
+        let mut by_timeline: std::collections::BTreeMap<
+            walvault_proto::TimelineId,
+            std::collections::BTreeSet<u64>,
+        > = Default::default();
+        for n in names {
+            if let (WalFileKind::Segment, Some(s)) = (n.kind(), n.segment_number(seg)) {
+                by_timeline.entry(n.timeline()).or_default().insert(s);
+            }
+        }
+        if !by_timeline.is_empty() {
+            let mut pruned: Vec<super::ledger::PrunedRange> =
+                self.catalog.pruned(cluster)?.unwrap_or_default();
+            for (t, segnos) in &by_timeline {
+                super::ledger::merge_pruned(&mut pruned, super::ledger::pruned_runs(*t, segnos));
+            }
+            self.record_pruned(cluster, pruned)?;
+        }
+        let dir = self.wal_dir(cluster)?;
+        let mut removed = 0;
+        for name in names {
+            self.catalog.remove_wal(cluster, name)?;
+            self.catalog.remove_index_entry(cluster, name)?;
+            self.catalog.remove_damage(cluster, name)?;
+            let path = dir.join(format!("{name}{STORED_EXT}"));
+            match fs::remove_file(&path) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == ErrorKind::NotFound => {}
+                Err(e) => {
+                    self.continuity.forget(cluster);
+                    return Err(Self::io_err(cluster, format!("remove {}", path.display()))(
+                        e,
+                    ));
+                }
+            }
+        }
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(Self::io_err(cluster, format!("sync {}", dir.display())))?;
+        self.continuity.forget(cluster);
+        Ok(removed)
+    }
+
+    /// Stores the pruned ranges (catalog and the cluster dataset's property), dropping those
+    /// below every archived segment of their timeline: they can never be inside a hole.
+    fn record_pruned(
+        &self,
+        cluster: &ClusterId,
+        mut pruned: Vec<super::ledger::PrunedRange>,
+    ) -> Result<(), ArchiveError> {
+        let seg = self.segment_size(cluster)?;
+        let mut lowest: HashMap<walvault_proto::TimelineId, u64> = HashMap::new();
+        for w in self.catalog.wal_files(cluster)? {
+            if let Ok(n) = w.name.parse::<WalFileName>() {
+                if let (WalFileKind::Segment, Some(s)) = (n.kind(), n.segment_number(seg)) {
+                    let e = lowest.entry(n.timeline()).or_insert(s);
+                    *e = (*e).min(s);
+                }
+            }
+        }
+        pruned.retain(|r| lowest.get(&r.timeline).is_some_and(|low| r.last >= *low));
+        let text = super::continuity::encode_pruned(&pruned);
+        let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;
+        self.storage
+            .set_property(&l.cluster, cluster_props::PRUNED_WAL, &text)
+            .map_err(Self::storage_err(cluster, "record the pruned WAL ranges"))?;
+        self.catalog.put_pruned(cluster, &pruned)?;
+        Ok(())
+    }
+
+    /// Reconciles the cluster's WAL directory with the catalog (at start-up and in
+    /// verification): files published but not catalogued are checked and catalogued,
+    /// catalogued files gone from the disk are recorded as damaged. Blocking.
+    pub fn reconcile(&self, cluster: &ClusterId) -> Result<Reconciled, ArchiveError> {
+        let dir = self.wal_dir(cluster)?;
+        let mut on_disk = std::collections::BTreeSet::new();
+        let entries =
+            fs::read_dir(&dir).map_err(Self::io_err(cluster, format!("list {}", dir.display())))?;
+        for e in entries {
+            let e = e.map_err(Self::io_err(cluster, format!("list {}", dir.display())))?;
+            let file_name = e.file_name().to_string_lossy().into_owned();
+            if let Some(name) = file_name
+                .strip_suffix(STORED_EXT)
+                .and_then(|n| n.parse::<WalFileName>().ok())
+            {
+                on_disk.insert(name);
+            }
+        }
+        let catalogued: std::collections::BTreeSet<WalFileName> = self
+            .catalog
+            .wal_files(cluster)?
+            .into_iter()
+            .filter_map(|w| w.name.parse().ok())
+            .collect();
+        let mut out = Reconciled::default();
+        for name in on_disk.difference(&catalogued) {
+            match self.read_verified(cluster, name) {
+                Ok(_) => out.catalogued.push(name.to_string()),
+                Err(ArchiveError::Corrupt { reason, .. }) => {
+                    out.refused.push((name.to_string(), reason))
+                }
+                Err(
+                    e @ (ArchiveError::BadSegment { .. }
+                    | ArchiveError::BadTextFile { .. }
+                    | ArchiveError::SystemIdentifierMismatch { .. }
+                    | ArchiveError::SegmentSizeMismatch { .. }),
+                ) => {
+                    tracing::error!(%cluster, %name, "a file in the WAL directory is not this cluster's: {e}");
+                    out.refused.push((name.to_string(), e.to_string()));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        for name in catalogued.difference(&on_disk) {
+            let reason = format!("catalogued, but gone from {}", dir.display());
+            let known = self
+                .catalog
+                .damage(cluster)?
+                .iter()
+                .any(|d| d.name == name.as_str());
+            if !known {
+                self.damaged(cluster, name, reason)?;
+            }
+            out.missing.push(name.to_string());
+        }
+        Ok(out)
     }
 }

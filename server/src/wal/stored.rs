@@ -30,6 +30,56 @@ pub enum StoredError {
     UnknownVersion(u8),
     #[error("could not be read: {0}")]
     Io(#[from] std::io::Error),
+    #[error("cannot be decompressed: {0}")]
+    Undecompressable(String),
+    #[error("decompresses to {actual} bytes, but {recorded} were archived")]
+    SizeMismatch { recorded: u64, actual: u64 },
+    #[error("does not match the blake3 recorded when it was archived")]
+    ChecksumMismatch,
+}
+
+impl StoredError {
+    /// Whether the file's own bytes are wrong (rather than unreadable for now).
+    pub fn is_damage(&self) -> bool {
+        !matches!(self, StoredError::Io(_))
+    }
+}
+
+/// An archived file read back and checked against its metadata frame.
+#[derive(Debug)]
+pub struct Verified {
+    pub meta: StoredMeta,
+    /// The zstd stream after the metadata frame.
+    pub zstd: Vec<u8>,
+    /// The original bytes.
+    pub plain: Vec<u8>,
+}
+
+/// Checks the bytes of an archived file (`<name>.zst`): its metadata frame, then that the
+/// content decompresses to the recorded size and blake3.
+pub fn verify(bytes: Vec<u8>) -> Result<Verified, StoredError> {
+    let meta = StoredMeta::decode(&bytes)?;
+    // Never more than the recorded size (plus one byte to see a longer stream): a damaged
+    // frame must not make us allocate without bound.
+    let mut plain = Vec::with_capacity(meta.size.min(walvault_proto::MAX_WAL_FILE_SIZE) as usize);
+    let decoder = zstd::stream::read::Decoder::new(&bytes[HEADER_LEN..])
+        .map_err(|e| StoredError::Undecompressable(e.to_string()))?;
+    decoder
+        .take(meta.size.saturating_add(1))
+        .read_to_end(&mut plain)
+        .map_err(|e| StoredError::Undecompressable(e.to_string()))?;
+    if plain.len() as u64 != meta.size {
+        return Err(StoredError::SizeMismatch {
+            recorded: meta.size,
+            actual: plain.len() as u64,
+        });
+    }
+    if *blake3::hash(&plain).as_bytes() != meta.blake3 {
+        return Err(StoredError::ChecksumMismatch);
+    }
+    let mut zstd = bytes;
+    zstd.drain(..HEADER_LEN);
+    Ok(Verified { meta, zstd, plain })
 }
 
 impl StoredMeta {
@@ -80,29 +130,53 @@ impl StoredMeta {
     }
 }
 
+/// Why `wal-unpack` could not deliver a file.
+#[derive(Debug)]
+pub enum UnpackError {
+    /// The archive does not have it (and need not: PostgreSQL probes for files).
+    Missing,
+    /// Anything else: recovery must stop rather than end here.
+    Failed(String),
+}
+
 /// Writes the original bytes of the archived file `<dir>/<name>.zst` to `dest`, checked
-/// against its size and blake3. `Ok(false)` when the archive has no such file. This is the
-/// `restore_command` of instances the server starts (`walvault-server wal-unpack`), run as
-/// the PostgreSQL OS user.
-pub fn unpack(dir: &std::path::Path, name: &str, dest: &std::path::Path) -> Result<bool, String> {
-    let name: walvault_proto::WalFileName = name.parse().map_err(|e| format!("{e}"))?;
+/// against its size and blake3. This is the `restore_command` of instances the server starts
+/// (`walvault-server wal-unpack`), run as the PostgreSQL OS user. A segment up to `through`
+/// (the last one the restore needs) that the archive lacks is a failure, not a miss.
+pub fn unpack(
+    dir: &std::path::Path,
+    name: &str,
+    dest: &std::path::Path,
+    through: Option<&walvault_proto::WalFileName>,
+) -> Result<(), UnpackError> {
+    let name: walvault_proto::WalFileName = name
+        .parse()
+        .map_err(|e| UnpackError::Failed(format!("{e}")))?;
     let src = dir.join(format!("{name}{}", crate::layout::STORED_EXT));
     let bytes = match std::fs::read(&src) {
         Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(format!("read {}: {e}", src.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return match through.filter(|t| name.is_needed_through(t)) {
+                Some(t) => Err(UnpackError::Failed(format!(
+                    "{name} is not in the archive, but this restore needs every segment \
+                     through {t}; stopping recovery instead of ending it early"
+                ))),
+                None => Err(UnpackError::Missing),
+            };
+        }
+        Err(e) => return Err(UnpackError::Failed(format!("read {}: {e}", src.display()))),
     };
-    let meta = StoredMeta::decode(&bytes).map_err(|e| format!("{} {e}", src.display()))?;
-    let plain = zstd::decode_all(&bytes[HEADER_LEN..])
-        .map_err(|e| format!("decompress {}: {e}", src.display()))?;
-    if plain.len() as u64 != meta.size || *blake3::hash(&plain).as_bytes() != meta.blake3 {
-        return Err(format!(
-            "{} is damaged: its content does not match the size and blake3 recorded when it was archived",
-            src.display()
-        ));
-    }
-    std::fs::write(dest, plain).map_err(|e| format!("write {}: {e}", dest.display()))?;
-    Ok(true)
+    let plain = verify(bytes)
+        .map_err(|e| {
+            UnpackError::Failed(format!(
+                "{} {e}: the archived copy is damaged",
+                src.display()
+            ))
+        })?
+        .plain;
+    std::fs::write(dest, plain)
+        .map_err(|e| UnpackError::Failed(format!("write {}: {e}", dest.display())))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -122,6 +196,33 @@ mod tests {
         // Any zstd decoder skips our frame.
         assert_eq!(zstd::decode_all(&file[..]).unwrap(), original);
         assert_eq!(StoredMeta::read_from(&mut &file[..]).unwrap(), meta);
+    }
+
+    #[test]
+    fn damage_is_told_apart() {
+        // Bytes that do not compress to nothing, so a flipped byte lands in real data.
+        let original: Vec<u8> = (0u32..20_000)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let meta = StoredMeta {
+            size: original.len() as u64,
+            archived_unix: 1,
+            blake3: *blake3::hash(&original).as_bytes(),
+        };
+        let mut file = meta.encode().to_vec();
+        file.extend(zstd::encode_all(&original[..], 1).unwrap());
+        assert_eq!(verify(file.clone()).unwrap().plain, original);
+        // Another content under the same frame.
+        let mut other = meta.encode().to_vec();
+        other.extend(zstd::encode_all(&vec![7u8; original.len()][..], 1).unwrap());
+        assert!(matches!(verify(other), Err(StoredError::ChecksumMismatch)));
+        // A flipped byte in the stream, and a truncated one.
+        let mut flipped = file.clone();
+        let at = HEADER_LEN + (file.len() - HEADER_LEN) / 2;
+        flipped[at] ^= 0xFF;
+        assert!(verify(flipped).unwrap_err().is_damage());
+        let short = file[..file.len() - 10].to_vec();
+        assert!(verify(short).unwrap_err().is_damage());
     }
 
     #[test]

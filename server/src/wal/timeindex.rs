@@ -5,9 +5,13 @@
 //!
 //! A record that crosses into the next segment is only complete once that segment is
 //! archived; such an entry is marked and read again when its successor arrives.
+//!
+//! A segment whose records cannot be decoded (one that passes its CRC but that this reader
+//! does not understand) is kept with `unreadable` set and no commits, and reported; it never
+//! makes the rest of the cluster unplannable. A damaged file gets such an entry too, but not
+//! in the catalog: once repaired, it is read again.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 
 use serde::{Deserialize, Serialize};
 use walvault_proto::{ClusterId, Lsn, TimelineId, WalFileKind, WalFileName};
@@ -33,6 +37,9 @@ pub struct SegmentSummary {
     /// A record ran into the next segment, which was not archived when this was read.
     pub incomplete_tail: bool,
     pub switched: bool,
+    /// Why the records could not be read (nothing else is known of the segment then).
+    #[serde(default)]
+    pub unreadable: Option<String>,
 }
 
 impl SegmentSummary {
@@ -48,6 +55,7 @@ impl SegmentSummary {
             commits: 0,
             incomplete_tail: e.incomplete_tail.is_some(),
             switched: e.switched,
+            unreadable: None,
         };
         for ev in &e.events {
             match ev {
@@ -66,6 +74,24 @@ impl SegmentSummary {
             }
         }
         s
+    }
+
+    /// A segment nothing could be read of: its end is taken as its start, the most a restore
+    /// can be sure to reach in it.
+    pub fn unreadable(start: Lsn, why: String) -> Self {
+        SegmentSummary {
+            end_lsn: start,
+            first_commit: None,
+            last_commit: None,
+            max_micros: None,
+            xid_min: None,
+            xid_max: None,
+            restore_points: Vec::new(),
+            commits: 0,
+            incomplete_tail: false,
+            switched: false,
+            unreadable: Some(why),
+        }
     }
 }
 
@@ -137,17 +163,20 @@ impl TimeIndex {
                         }
                         _ => {
                             let next = present.contains(next.as_str()).then_some(&next);
-                            let events = self.read(cluster, name, next)?;
-                            let s = SegmentSummary::of(&events);
-                            self.catalog.put_index_entry(cluster, name, &s)?;
-                            s
+                            self.summarize(cluster, name, next, seg_size)?
                         }
                     };
                     out.segments
                         .insert((name.timeline(), segno), (name.clone(), summary));
                 }
                 WalFileKind::History => {
-                    let bytes = self.plain(cluster, name)?;
+                    // A damaged history file is the archive's to report; without it the
+                    // timeline reads as a root.
+                    let bytes = match self.plain(cluster, name) {
+                        Ok(b) => b,
+                        Err(IndexError::Archive(ArchiveError::Corrupt { .. })) => continue,
+                        Err(e) => return Err(e),
+                    };
                     let entries =
                         history::parse_history(name.timeline(), &bytes).map_err(|detail| {
                             IndexError::BadHistory {
@@ -179,17 +208,57 @@ impl TimeIndex {
         };
         let next = WalFileName::segment(name.timeline(), segno + 1, seg);
         let next = archived(&next)?.then_some(next);
-        let s = SegmentSummary::of(&self.read(cluster, name, next.as_ref())?);
-        self.catalog.put_index_entry(cluster, name, &s)?;
+        self.summarize(cluster, name, next.as_ref(), seg)?;
         if segno > 0 {
             let prev = WalFileName::segment(name.timeline(), segno - 1, seg);
             let known: Option<SegmentSummary> = self.catalog.index_entry(cluster, &prev)?;
             if known.is_some_and(|p| p.incomplete_tail) {
-                let p = SegmentSummary::of(&self.read(cluster, &prev, Some(name))?);
-                self.catalog.put_index_entry(cluster, &prev, &p)?;
+                self.summarize(cluster, &prev, Some(name), seg)?;
             }
         }
         Ok(())
+    }
+
+    /// Reads one segment's summary and caches it; a segment it cannot decode gets an
+    /// `unreadable` entry (cached: the bytes will not change), a damaged file one that is not
+    /// cached (a repair changes them).
+    fn summarize(
+        &self,
+        cluster: &ClusterId,
+        name: &WalFileName,
+        next: Option<&WalFileName>,
+        seg_size: u32,
+    ) -> Result<SegmentSummary, IndexError> {
+        let start = name.start_lsn(seg_size).unwrap_or(Lsn(0));
+        match self.read(cluster, name, next) {
+            Ok(events) => {
+                let s = SegmentSummary::of(&events);
+                self.catalog.put_index_entry(cluster, name, &s)?;
+                Ok(s)
+            }
+            Err(IndexError::Unreadable { detail, .. }) => {
+                tracing::warn!(%cluster, %name, "time index: cannot read the records of this segment, so the commits it holds are unknown to the planner: {detail}");
+                let s = SegmentSummary::unreadable(start, detail);
+                self.catalog.put_index_entry(cluster, name, &s)?;
+                Ok(s)
+            }
+            Err(IndexError::Archive(ArchiveError::Corrupt {
+                name: damaged,
+                reason,
+                ..
+            })) => {
+                if damaged == *name {
+                    Ok(SegmentSummary::unreadable(
+                        start,
+                        format!("damaged: {reason}"),
+                    ))
+                } else {
+                    // The next segment is the damaged one: read this one alone.
+                    self.summarize(cluster, name, None, seg_size)
+                }
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The events of one archived segment, completing a record that runs into `next`.
@@ -211,18 +280,9 @@ impl TimeIndex {
         })
     }
 
-    /// An archived file's original bytes.
+    /// An archived file's original bytes, checked.
     fn plain(&self, cluster: &ClusterId, name: &WalFileName) -> Result<Vec<u8>, IndexError> {
-        let f = self.archive.fetch(cluster, name)?;
-        let mut out = Vec::with_capacity(f.meta.size as usize);
-        zstd::stream::read::Decoder::new(&f.zstd[..])
-            .and_then(|mut d| d.read_to_end(&mut out))
-            .map_err(|e| IndexError::Unreadable {
-                cluster: cluster.clone(),
-                name: name.to_string(),
-                detail: format!("decompress: {e}"),
-            })?;
-        Ok(out)
+        Ok(self.archive.read_plain(cluster, name)?)
     }
 }
 

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 pub use client::{Client, ClientConfig};
 pub use command::{run, run_ok, Log, Run, NOT_ALLOWED};
-pub use pg::Pg;
+pub use pg::{Pg, PG_BIN};
 pub use server::{binary, Certs, Identity, Server, Walvault};
 pub use testdir::TestDir;
 pub use zpool::{Storage, Zpool};

@@ -236,6 +236,76 @@ impl Pg {
         self.running = true;
     }
 
+    /// `pg_ctl start` without waiting for connections: for a recovery the test watches (and
+    /// that may fail). Returns once the postmaster runs (its pid file is there) or has already
+    /// given up (its log says it shut down).
+    pub fn start_no_wait(&mut self) {
+        let log_before = self.server_log().len();
+        self.as_postgres(
+            "pg_ctl",
+            &[
+                "-D",
+                &self.data.to_string_lossy(),
+                "-l",
+                &self.log_path().to_string_lossy(),
+                "-W",
+                "start",
+            ],
+        );
+        self.running = true;
+        super::wait_until(
+            &format!("{} to start or give up", self.name),
+            Duration::from_secs(60),
+            || {
+                let log = self.server_log();
+                let gave_up = log
+                    .get(log_before..)
+                    .is_some_and(|l| l.contains("database system is shut down"));
+                (self.data.join("postmaster.pid").exists() || gave_up).then_some(())
+            },
+        );
+    }
+
+    /// Moves the log aside (to `postgres.log.<n>`), so that what a next start logs can be read
+    /// on its own.
+    pub fn rotate_log(&self) {
+        let path = self.log_path();
+        for n in 1.. {
+            let aside = path.with_extension(format!("log.{n}"));
+            if !aside.exists() {
+                if path.exists() {
+                    std::fs::rename(&path, &aside)
+                        .unwrap_or_else(|e| panic!("rename {}: {e}", path.display()));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Whether a postmaster runs on the data directory (`pg_ctl status`).
+    pub fn is_running(&self) -> bool {
+        let r = run(
+            &self.log,
+            &mut self.command("pg_ctl", &["-D", &self.data.to_string_lossy(), "status"]),
+            PG_TIMEOUT,
+        );
+        r.success()
+    }
+
+    /// Waits until the postmaster is gone (it gave up, say); false if it still runs after
+    /// `timeout`.
+    pub fn wait_stopped(&mut self, timeout: Duration) -> bool {
+        let deadline = std::time::Instant::now() + timeout;
+        while self.is_running() {
+            if std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        self.running = false;
+        true
+    }
+
     /// `pg_ctl stop -w -m <mode>` (smart, fast or immediate).
     pub fn stop_mode(&mut self, mode: &str) {
         self.as_postgres(

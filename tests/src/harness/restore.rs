@@ -95,6 +95,47 @@ pub struct TimelineWindow {
     pub backups: u32,
     #[serde(default)]
     pub segments: u32,
+    /// Stretches restorable to any point, oldest first.
+    #[serde(default)]
+    pub spans: Vec<WindowSpan>,
+    /// Holes of the timeline's history.
+    #[serde(default)]
+    pub holes: Vec<WalHole>,
+    /// Segments whose records the server could not decode.
+    #[serde(default)]
+    pub unreadable: Vec<Unreadable>,
+}
+
+/// A restorable stretch of a timeline in `window --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WindowSpan {
+    pub from_backup: String,
+    pub from_lsn: String,
+    pub from_micros: i64,
+    #[serde(default)]
+    pub last_commit_micros: i64,
+    pub end_lsn: String,
+    /// The first segment of the hole that ends it.
+    #[serde(default)]
+    pub until_hole: Option<String>,
+}
+
+/// A hole in `window --json` and `wal-list --json`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct WalHole {
+    pub first: String,
+    pub last: String,
+    pub segments: u64,
+    /// "missing", "damaged" or "pruned".
+    pub cause: String,
+    #[serde(default)]
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Unreadable {
+    pub name: String,
+    pub reason: String,
 }
 
 impl TimelineWindow {

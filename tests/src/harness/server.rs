@@ -145,6 +145,8 @@ pub struct Server {
     /// Substrings that make an ERROR line expected.
     allowed_errors: Vec<String>,
     any_error_allowed: bool,
+    /// Environment of the next start (a fault point, say).
+    env: Vec<(String, String)>,
 }
 
 impl Server {
@@ -160,6 +162,7 @@ impl Server {
             log: td.log().clone(),
             allowed_errors: Vec::new(),
             any_error_allowed: false,
+            env: Vec::new(),
         };
         s.spawn(config.to_owned());
         s
@@ -173,6 +176,7 @@ impl Server {
             .expect("open server.log");
         let mut cmd = server_cmd(&["run", "--config", config.to_str().expect("utf-8")]);
         cmd.env("RUST_BACKTRACE", "1")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);
@@ -235,6 +239,39 @@ impl Server {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Waits until the process exited by itself (a fault point's SIGKILL, say); false if it
+    /// still runs after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.is_running() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if let Some(mut c) = self.child.take() {
+            let status = c.wait().ok();
+            self.log
+                .line(&format!("walvault-server exited by itself: {status:?}"));
+        }
+        true
+    }
+
+    /// [`Server::restart`] with `WALVAULT_FAULT=<point>` armed (see server/src/fault.rs): the
+    /// server SIGKILLs itself when it gets there. `None` disarms it.
+    pub fn restart_with_fault(&mut self, point: Option<&str>) {
+        self.env.retain(|(k, _)| k != "WALVAULT_FAULT");
+        if let Some(p) = point {
+            self.env.push(("WALVAULT_FAULT".into(), p.into()));
+        }
+        self.restart();
     }
 
     /// SIGKILL, as a crash would.

@@ -50,17 +50,50 @@ pub fn decode_archived(path: &Path) -> Vec<u8> {
     zstd::stream::decode_all(f).unwrap_or_else(|e| panic!("zstd-decode {}: {e}", path.display()))
 }
 
-/// `wal-list --json` as `name -> entry`.
-pub fn wal_list(client: &Client, cluster: Option<&str>) -> BTreeMap<String, serde_json::Value> {
+/// `wal-list --json` as printed: `{"files": [...], "timelines": [...]}`.
+pub fn wal_list_json(client: &Client, cluster: Option<&str>) -> serde_json::Value {
     let mut args = vec!["wal-list", "--json"];
     if let Some(c) = cluster {
         args.extend_from_slice(&["--cluster", c]);
     }
     let out = client.ok(&args);
-    let v: serde_json::Value = serde_json::from_str(&out)
-        .unwrap_or_else(|e| panic!("`wal-list --json` is not JSON ({e}): {out}"));
-    v.as_array()
-        .unwrap_or_else(|| panic!("`wal-list --json` is not an array: {out}"))
+    serde_json::from_str(&out)
+        .unwrap_or_else(|e| panic!("`wal-list --json` is not JSON ({e}): {out}"))
+}
+
+/// The holes `wal-list --json` reports on timeline `timeline`'s history: (first, last, cause).
+pub fn wal_list_holes(
+    client: &Client,
+    cluster: Option<&str>,
+    timeline: u32,
+) -> Vec<(String, String, String)> {
+    let v = wal_list_json(client, cluster);
+    let tl = v["timelines"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`wal-list --json` has no timelines: {v}"))
+        .iter()
+        .find(|t| t["timeline"] == timeline)
+        .cloned()
+        .unwrap_or_default();
+    tl["holes"]
+        .as_array()
+        .map(|hs| {
+            hs.iter()
+                .map(|h| {
+                    let s = |k: &str| h[k].as_str().unwrap_or_default().to_owned();
+                    (s("first"), s("last"), s("cause"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `wal-list --json`'s files as `name -> entry`.
+pub fn wal_list(client: &Client, cluster: Option<&str>) -> BTreeMap<String, serde_json::Value> {
+    let v = wal_list_json(client, cluster);
+    v["files"]
+        .as_array()
+        .unwrap_or_else(|| panic!("`wal-list --json` has no files array: {v}"))
         .iter()
         .map(|e| {
             let name = e["name"]

@@ -205,7 +205,7 @@ fn a_gap_in_the_archive_is_named() {
     assert!(e.contains("000000010000000000000008"), "{e}");
     // The window ends at the gap.
     let w = window(&f, tl(1));
-    assert_eq!(w.end_lsn, Some(lsn(7, SEG - 100)));
+    assert_eq!(w.end_lsn(), Some(lsn(7, SEG - 100)));
     // A snapshot whose own WAL is missing.
     f.segments.remove(&(tl(1), 6));
     let e = plan(&f, &req(Target::Immediate)).unwrap_err().to_string();
@@ -263,8 +263,8 @@ fn timelines_follow_their_history() {
     let w = window(&f, tl(2));
     assert_eq!(w.parent, Some((tl(1), lsn(5, 5000))));
     assert_eq!(w.segments, 8);
-    assert_eq!(w.end_lsn, Some(lsn(9, SEG - 100)));
-    assert_eq!(w.max_micros, Some(T0 + 95_000_000));
+    assert_eq!(w.end_lsn(), Some(lsn(9, SEG - 100)));
+    assert_eq!(w.max_micros(), Some(T0 + 95_000_000));
     let ws = windows(&f);
     assert_eq!(ws.len(), 2);
     assert_eq!(ws[0].backups, 2);
@@ -299,9 +299,276 @@ fn segment_names() {
     assert_eq!(segment_name(tl(3), 5, 1 << 30), "000000030000000100000001");
 }
 
+/// The failover of issue 9: timeline 1 has segments 1..=10 and a backup in segment 2; its
+/// archiver failed for segments 11..=16, the promoted standby's timeline 2 begins in segment
+/// 16 and is archived through 37.
+fn failover() -> Facts {
+    let mut f = Facts {
+        segment_size: SEG,
+        ..Facts::default()
+    };
+    for s in 1..=10 {
+        seg(&mut f, 1, s, s as i64 * 10);
+    }
+    for s in 16..=37 {
+        seg(&mut f, 2, s, s as i64 * 10 + 5);
+    }
+    f.histories.insert(tl(2), vec![(tl(1), lsn(16, 96))]);
+    f.backups
+        .push(backup("A", 1, lsn(2, 40), lsn(2, 1000), T0 + 19_000_000));
+    f
+}
+
+#[test]
+fn a_failover_that_lost_wal_refuses_latest_and_targets_across_the_hole() {
+    let f = failover();
+    for target in [
+        Target::Latest,
+        Target::Time(T0 + 125_000_000),
+        Target::Time(T0 + 300_000_000),
+        Target::Lsn(lsn(20, 0)),
+    ] {
+        let e = plan(&f, &req(target.clone())).unwrap_err();
+        let text = e.to_string();
+        assert!(matches!(e, PlanError::Gap { .. }), "{target}: {text}");
+        assert!(
+            text.contains("00000001000000000000000B … 00000001000000000000000F (5 segments)"),
+            "{text}"
+        );
+        assert!(text.contains("restorable from"), "{text}");
+        assert!(!text.contains('\n'));
+    }
+    // Timeline 1 itself ends early too: timeline 2's history proves it went on to 15.
+    let e = plan(
+        &f,
+        &Request {
+            timeline: Some(tl(1)),
+            ..req(Target::Latest)
+        },
+    )
+    .unwrap_err();
+    assert!(matches!(e, PlanError::Gap { .. }), "{e}");
+    // Before the hole, on either timeline, is fine.
+    let p = plan(&f, &req(Target::Time(T0 + 75_000_000))).unwrap();
+    assert_eq!(p.backup.id, "A");
+    assert_eq!(p.through, (tl(1), 8));
+    let p = plan(&f, &req(Target::Lsn(lsn(9, 5)))).unwrap();
+    assert_eq!(p.reach, lsn(9, 5));
+    // The window shows where the hole is.
+    let w = window(&f, tl(2));
+    assert_eq!(w.spans.len(), 1);
+    assert_eq!(w.end_lsn(), Some(lsn(10, SEG - 100)));
+    assert!(w.spans[0].until.is_some());
+    assert_eq!(w.holes.len(), 1);
+    assert!(
+        w.describe().contains("the archive lacks"),
+        "{}",
+        w.describe()
+    );
+
+    // A backfill from the standby closes it: latest is restorable again, on timeline 2.
+    let mut f = failover();
+    for s in 11..=15 {
+        seg(&mut f, 1, s, s as i64 * 10);
+    }
+    let p = plan(&f, &req(Target::Latest)).unwrap();
+    assert_eq!(p.reach, lsn(37, SEG - 100));
+    assert_eq!(p.through, (tl(2), 37));
+    assert!(plan(&f, &req(Target::Time(T0 + 125_000_000))).is_ok());
+    assert!(window(&f, tl(2)).holes.is_empty());
+}
+
+#[test]
+fn a_backup_after_a_hole_starts_a_span_of_its_own() {
+    let mut f = failover();
+    f.backups
+        .push(backup("B", 2, lsn(20, 40), lsn(20, 1000), T0 + 200_000_000));
+    // Latest takes B, whose WAL is complete.
+    let p = plan(&f, &req(Target::Latest)).unwrap();
+    assert_eq!(p.backup.id, "B");
+    let w = window(&f, tl(2));
+    assert_eq!(w.spans.len(), 2, "{w:?}");
+    assert_eq!(w.spans[1].from.id, "B");
+    assert!(w.spans[1].until.is_none());
+    assert_eq!(w.oldest().map(|b| b.id.as_str()), Some("A"));
+    // Inside the hole: no backup serves it.
+    assert!(plan(&f, &req(Target::Time(T0 + 125_000_000))).is_err());
+    assert!(plan(&f, &req(Target::Time(T0 + 250_000_000))).is_ok());
+}
+
+#[test]
+fn a_damaged_segment_is_a_hole_until_repaired() {
+    let mut f = one_timeline();
+    f.damaged
+        .insert((tl(1), 8), "does not match its blake3".into());
+    let e = plan(&f, &req(Target::Latest)).unwrap_err().to_string();
+    assert!(e.contains("000000010000000000000008"), "{e}");
+    assert!(e.contains("damaged") && e.contains("repair"), "{e}");
+    // Up to it is fine.
+    assert!(plan(&f, &req(Target::Lsn(lsn(7, 8)))).is_ok());
+}
+
+#[test]
+fn plans_say_how_far_recovery_must_get() {
+    let f = one_timeline();
+    let p = plan(&f, &req(Target::Latest)).unwrap();
+    assert_eq!(p.reach, lsn(10, SEG - 100));
+    assert_eq!(p.through, (tl(1), 10));
+    assert_eq!(p.reach_micros, Some(T0 + 100_000_000));
+    // A time between the commits of segments 7 (70 s) and 8 (80 s): the commit of segment 7
+    // must be replayed, segment 8 holds the commit recovery stops at.
+    let p = plan(&f, &req(Target::Time(T0 + 75_000_000))).unwrap();
+    assert_eq!(p.reach, lsn(7, SEG / 2));
+    assert_eq!(p.through, (tl(1), 8));
+    let p = plan(&f, &req(Target::Immediate)).unwrap();
+    assert_eq!(p.reach, lsn(6, 1000));
+    assert_eq!(p.through, (tl(1), 6));
+    let mut r = req(Target::Lsn(lsn(8, 3)));
+    assert_eq!(plan(&f, &r).unwrap().reach, lsn(8, 3));
+    r.inclusive = false;
+    let p = plan(&f, &r).unwrap();
+    assert_eq!(p.reach, lsn(6, 1000));
+    assert_eq!(p.through, (tl(1), 8));
+}
+
+#[test]
+fn an_unreadable_segment_is_reported_and_planned_across() {
+    let mut f = one_timeline();
+    f.segments.insert(
+        (tl(1), 8),
+        SegmentFacts {
+            end_lsn: lsn(8, 0),
+            ..SegmentFacts::default()
+        },
+    );
+    f.unreadable
+        .insert((tl(1), 8), "record at 0/8000028 cannot be decoded".into());
+    let w = window(&f, tl(1));
+    assert_eq!(w.unreadable.len(), 1);
+    assert!(w.holes.is_empty());
+    assert_eq!(
+        plan(&f, &req(Target::Latest)).unwrap().reach,
+        lsn(10, SEG - 100)
+    );
+    assert!(plan(&f, &req(Target::Time(T0 + 85_000_000))).is_ok());
+}
+
 mod properties {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::BTreeSet;
+
+    /// Whether every segment a plan reads (from its backup's start through its last one,
+    /// along its timeline's history) is archived and intact.
+    fn crosses_no_hole(f: &Facts, p: &Plan) -> bool {
+        let anc = ancestry(f, p.timeline);
+        (p.backup.start_lsn.0 / SEG..=p.through.1).all(|s| {
+            let key = (timeline_for(&anc, s), s);
+            f.segments.contains_key(&key) && !f.damaged.contains_key(&key)
+        })
+    }
+
+    fn history(
+        lost: &BTreeSet<u64>,
+        damaged: &BTreeSet<u64>,
+        branch: Option<u64>,
+        backups: &BTreeSet<u64>,
+    ) -> Facts {
+        let mut f = Facts {
+            segment_size: SEG,
+            ..Facts::default()
+        };
+        let tl1_end = branch.map_or(40, |b| b + 3);
+        for s in 1..=tl1_end {
+            if !lost.contains(&s) {
+                seg(&mut f, 1, s, s as i64 * 10);
+            }
+        }
+        if let Some(b) = branch {
+            f.histories.insert(tl(2), vec![(tl(1), lsn(b, 4096))]);
+            for s in b..=50 {
+                if !lost.contains(&s) {
+                    seg(&mut f, 2, s, s as i64 * 10 + 5);
+                }
+            }
+        }
+        for d in damaged {
+            for t in [1, 2] {
+                if f.segments.contains_key(&(tl(t), *d)) {
+                    f.damaged.insert((tl(t), *d), "bad".into());
+                }
+            }
+        }
+        for (i, s) in backups.iter().enumerate() {
+            let t = match branch {
+                Some(b) if *s > b => 2,
+                _ => 1,
+            };
+            f.backups.push(backup(
+                &format!("b{i}"),
+                t,
+                lsn(*s, 40),
+                lsn(*s, 1000),
+                T0 + *s as i64 * 10 * 1_000_000 - 1,
+            ));
+        }
+        f
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Over histories with holes, damaged files, a second timeline and backfills: a point
+        /// inside a span of the window always plans, and no plan ever reads across a hole.
+        #[test]
+        fn no_plan_crosses_a_hole_and_every_restorable_point_plans(
+            lost in proptest::collection::btree_set(2u64..50, 0..5),
+            damaged in proptest::collection::btree_set(2u64..50, 0..2),
+            backfilled in proptest::collection::btree_set(2u64..50, 0..3),
+            branch in proptest::option::of(8u64..30),
+            backups in proptest::collection::btree_set(1u64..48, 1..5),
+            probes in proptest::collection::vec((0u64..50, 0u64..(SEG - 200), 0i64..520), 8),
+        ) {
+            let lost: BTreeSet<u64> = lost.difference(&backfilled).copied().collect();
+            let f = history(&lost, &damaged, branch, &backups);
+            for w in windows(&f) {
+                let on = |target| Request { timeline: Some(w.timeline), ..req(target) };
+                // Every point of every span plans, without crossing a hole.
+                for span in &w.spans {
+                    let mid = Lsn(span.from.stop_lsn.0 + (span.end_lsn.0 - span.from.stop_lsn.0) / 2);
+                    for l in [span.from.stop_lsn, mid] {
+                        let p = plan(&f, &on(Target::Lsn(l)));
+                        prop_assert!(p.is_ok(), "LSN {} in a span of {:?}: {:?}", l, w.timeline, p);
+                        prop_assert!(crosses_no_hole(&f, &p.unwrap()));
+                    }
+                    if let Some(max) = span.max_micros {
+                        if max - 1 > span.from.consistent_micros {
+                            let p = plan(&f, &on(Target::Time(max - 1)));
+                            prop_assert!(p.is_ok(), "time in a span: {:?}", p);
+                            prop_assert!(crosses_no_hole(&f, &p.unwrap()));
+                        }
+                    }
+                }
+                // Latest plans exactly when the newest span runs to the end of the history.
+                let latest = plan(&f, &on(Target::Latest));
+                if let Ok(p) = &latest {
+                    prop_assert!(crosses_no_hole(&f, p));
+                    let last = w.spans.last().expect("a plan means a span");
+                    prop_assert!(last.until.is_none());
+                    prop_assert_eq!(p.reach, last.end_lsn);
+                }
+                // Any target at all: a plan never crosses a hole.
+                for (s, off, secs) in &probes {
+                    for t in [Target::Lsn(lsn(*s, *off)), Target::Time(T0 + secs * 1_000_000)] {
+                        if let Ok(p) = plan(&f, &on(t.clone())) {
+                            prop_assert!(crosses_no_hole(&f, &p), "{} crosses a hole: {:?}", t, p);
+                            prop_assert!(p.reach >= p.backup.stop_lsn);
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     proptest! {
         /// Whatever the backups and the target, a plan's snapshot is consistent no later than

@@ -161,6 +161,7 @@ fn apply(f: &Facts, p: &PrunePlan) -> Facts {
             .filter(|((t, s), _)| files.contains(segment_name(*t, *s, f.segment_size).as_str()))
             .map(|(k, v)| (*k, v.clone()))
             .collect(),
+        ..Facts::default()
     }
 }
 
