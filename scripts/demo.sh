@@ -151,6 +151,10 @@ admin policy set --tenant demo --window 7 --daily 7 --min-backups 2 >/dev/null
 admin policy show
 admin prune --dry-run | cut -c1-150 | tail -8
 
+step "walvault verify: every archived file re-read, the WAL continuity of every timeline, every backup's snapshots"
+admin --cluster demo/main verify
+admin cluster list
+
 if [ "${KEEP:-0}" = 1 ]; then
     echo; echo "left running in $work (server pid $server_pid, PostgreSQL on $work/sock port $port, pool $pool)"
 fi

@@ -21,6 +21,13 @@ fn refused(client: &Client, args: &[&str], words: &[&str]) -> String {
     client.run(args).assert_refused(words)
 }
 
+/// A refused `wal-fetch`: PostgreSQL must stop recovery on it, not take it for a missing file.
+fn fetch_refused(client: &Client, args: &[&str], words: &[&str]) -> String {
+    client
+        .run(args)
+        .assert_refused_with(i32::from(walvault_proto::RESTORE_FATAL_EXIT), words)
+}
+
 /// A PostgreSQL instance archiving into a local directory: `n` real, complete segments of one
 /// database system, oldest first. The instance is stopped afterwards.
 fn source_segments(td: &TestDir, name: &str, n: usize) -> Vec<PathBuf> {
@@ -199,7 +206,7 @@ fn agents_are_confined_to_their_cluster() {
         );
         refused(&a, &["--cluster", other, "wal-list"], NOT_ALLOWED);
         let dest = td.join(format!("stolen-{}", other.replace('/', "-")));
-        refused(
+        fetch_refused(
             &a,
             &["--cluster", other, "wal-fetch", name, path_str(&dest)],
             NOT_ALLOWED,
@@ -379,7 +386,7 @@ fn names_that_are_not_wal_names_are_refused() {
         "/etc/passwd",
         "",
     ] {
-        refused(&agent, &["wal-fetch", bad, path_str(&dest)], &["name"]);
+        fetch_refused(&agent, &["wal-fetch", bad, path_str(&dest)], &["name"]);
         assert!(!dest.exists(), "wal-fetch {bad:?} wrote {}", dest.display());
     }
     assert_eq!(

@@ -53,9 +53,15 @@ impl Run {
     /// Asserts the documented failure of a command: exit 1 and a one-line error containing one
     /// of `words` (case-insensitive). Returns the error line.
     pub fn assert_refused(&self, words: &[&str]) -> String {
+        self.assert_refused_with(1, words)
+    }
+
+    /// [`Run::assert_refused`] with another exit status: `wal-fetch` refuses with 200, which
+    /// PostgreSQL's restore_command contract reads as fatal (anything but "no such file").
+    pub fn assert_refused_with(&self, status: i32, words: &[&str]) -> String {
         assert_eq!(
             self.code,
-            Some(1),
+            Some(status),
             "expected a refusal: {}",
             self.describe()
         );
