@@ -163,6 +163,11 @@ fn walk_dir(
         if skip_name(name) || (in_db_dir && skip_relation_file(name, &names_set)) {
             continue;
         }
+        // A data directory at the root of a ZFS dataset shows `.zfs` (snapdir=visible): not
+        // PostgreSQL's, and a name the server's storage keeps for itself.
+        if rel_dir.is_empty() && walvault_proto::manifest::is_reserved_name(name) {
+            continue;
+        }
         let abs = dir.join(name);
         let meta = match fs::symlink_metadata(&abs) {
             Ok(m) => m,

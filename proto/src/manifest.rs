@@ -22,6 +22,18 @@ pub enum ManifestError {
     BadArea(String),
     #[error("{0:?} is not a relative path inside a data directory")]
     BadPath(String),
+    #[error(
+        "{0:?} begins with {1:?}, a name the server's storage keeps for itself (ZFS's .zfs, \
+         walvault's own .walvault-* files); no PostgreSQL file is named so"
+    )]
+    Reserved(String, String),
+}
+
+/// Whether a name at the top of a data directory or tablespace belongs to the storage the
+/// server keeps it on: ZFS's snapshot directory, or the `dir` backend's own files. No path a
+/// client names may begin with one, and no walk of a copy hands one out.
+pub fn is_reserved_name(name: &str) -> bool {
+    name == ".zfs" || name.starts_with(".walvault-")
 }
 
 /// Where a file lives: PGDATA, or the directory of one tablespace.
@@ -105,11 +117,14 @@ impl FromStr for RelPath {
             && s.len() <= 1024
             && !s.contains('\0')
             && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
-        if ok {
-            Ok(RelPath(s.to_owned()))
-        } else {
-            Err(ManifestError::BadPath(s.to_owned()))
+        if !ok {
+            return Err(ManifestError::BadPath(s.to_owned()));
         }
+        let first = s.split('/').next().unwrap_or_default();
+        if is_reserved_name(first) {
+            return Err(ManifestError::Reserved(s.to_owned(), first.to_owned()));
+        }
+        Ok(RelPath(s.to_owned()))
     }
 }
 
@@ -176,6 +191,31 @@ mod tests {
             "tblspc/1/2",
         ] {
             assert!(bad.parse::<Area>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_the_storage_keeps_for_itself_are_refused() {
+        for bad in [
+            ".zfs",
+            ".zfs/snapshot/b1/PG_VERSION",
+            ".walvault-snapshots",
+            ".walvault-snapshots/20261201T000000Z/data/PG_VERSION",
+            ".walvault-dataset.json",
+        ] {
+            let e = bad.parse::<RelPath>().unwrap_err();
+            assert!(matches!(e, ManifestError::Reserved(..)), "{bad}: {e}");
+            assert!(e.to_string().contains("keeps for itself"), "{e}");
+        }
+        // Only at the top: PostgreSQL's own names are never refused.
+        for ok in [
+            "base/.zfs",
+            "pg_stat/.walvault-x",
+            ".walvault",
+            "zfs",
+            "..zfs",
+        ] {
+            assert!(ok.parse::<RelPath>().is_ok(), "{ok}");
         }
     }
 

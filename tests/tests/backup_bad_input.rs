@@ -359,6 +359,117 @@ fn block_with_wrong_blake3_is_refused_and_leaves_no_backup() {
     }
 }
 
+/// blake3 of every file under `dir`, by relative path.
+fn tree_hashes(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    fn walk(
+        root: &std::path::Path,
+        dir: &std::path::Path,
+        out: &mut std::collections::BTreeMap<String, String>,
+    ) {
+        for e in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("read {}: {e}", dir.display())) {
+            let e = e.expect("entry");
+            let p = e.path();
+            let t = e.file_type().expect("type");
+            if t.is_dir() {
+                walk(root, &p, out);
+            } else if t.is_file() {
+                let bytes =
+                    std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()));
+                let rel = p.strip_prefix(root).expect("inside").display().to_string();
+                out.insert(rel, blake3::hash(&bytes).to_hex().to_string());
+            }
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// A raw client names the storage's own files (`.zfs`, `.walvault-*`) as backup files and in
+/// deletes: every one is refused, naming the reason, and the earlier backup is unchanged.
+fn reserved_names_are_refused(dir_backend: bool) {
+    let name = if dir_backend {
+        "reserved_names_dir"
+    } else {
+        "reserved_names"
+    };
+    let Some(mut d) = Deployment::start_on(name, None, "", dir_backend) else {
+        return;
+    };
+    d.wv.server.allow_errors("keeps for itself");
+    archive_one_segment(&d.primary);
+    let first = backup_ok(&d.agent, &d.primary, &[]);
+    let before = tree_hashes(&d.clone_backup(&first.id, "before").data);
+    assert!(before.contains_key("PG_VERSION"), "{before:?}");
+    let sysid: u64 = d
+        .primary
+        .psql("SELECT system_identifier FROM pg_control_system()")
+        .parse()
+        .expect("number");
+    let lsn: walvault_proto::Lsn = d
+        .primary
+        .psql("SELECT pg_current_wal_lsn()")
+        .parse()
+        .expect("lsn");
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let data = b"99\n".to_vec();
+    let own = [
+        format!(".walvault-snapshots/{}/data/PG_VERSION", first.id),
+        ".walvault-dataset.json".to_owned(),
+        format!(".zfs/snapshot/{}/PG_VERSION", first.id),
+        ".zfs".to_owned(),
+    ];
+    for path in &own {
+        for delete in [false, true] {
+            let outcome = rt.block_on(async {
+                let raw = RawBackup::begin(&d.agent, sysid, lsn.0).await;
+                if delete {
+                    raw.send(Req::Delete(pb::DeleteFile {
+                        area: "data".into(),
+                        path: path.clone(),
+                    }))
+                    .await;
+                } else {
+                    raw.send_file(path, &data, *blake3::hash(&data).as_bytes(), true)
+                        .await;
+                }
+                raw.outcome(false).await
+            });
+            let status = match outcome {
+                Err(s) => s,
+                Ok(info) => panic!("{path} (delete: {delete}) was not refused: {info:?}"),
+            };
+            assert!(
+                status.message().contains("keeps for itself"),
+                "{path}: the refusal should say why: {status:?}"
+            );
+        }
+    }
+    let listed = list_backups(&d.agent, None);
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(
+        tree_hashes(&d.clone_backup(&first.id, "after").data),
+        before,
+        "backup {} changed",
+        first.id
+    );
+    let snaps = d.snapshots();
+    assert!(
+        snaps.iter().any(|s| s.ends_with(&first.id)),
+        "the backup's snapshot is gone: {snaps:?}"
+    );
+}
+
+#[test]
+fn reserved_names_are_refused_on_zfs() {
+    reserved_names_are_refused(false);
+}
+
+#[test]
+fn reserved_names_are_refused_on_the_dir_backend() {
+    reserved_names_are_refused(true);
+}
+
 /// The tenant's bytes in use, as the server reports them.
 fn tenant_used(d: &Deployment, tenant: &str) -> u64 {
     let v: serde_json::Value =

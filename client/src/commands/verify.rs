@@ -73,13 +73,16 @@ pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<
             "{}",
             Value::Array(reports.iter().map(report_json).collect())
         );
-    } else if problems == 0 {
-        println!("verified {} clusters: no problem found", reports.len());
     } else {
-        println!(
-            "verified {} clusters: {problems} problems found",
-            reports.len()
-        );
+        let clusters = match reports.len() {
+            1 => "1 cluster".to_owned(),
+            n => format!("{n} clusters"),
+        };
+        match problems {
+            0 => println!("verified {clusters}: no problem found"),
+            1 => println!("verified {clusters}: 1 problem found"),
+            n => println!("verified {clusters}: {n} problems found"),
+        }
     }
     Ok(problems == 0)
 }

@@ -247,8 +247,7 @@ fn walk(
         let name = name.to_string_lossy();
         let at_root = dir == root;
         if at_root
-            && (name.starts_with(".walvault-")
-                || name == ".zfs"
+            && (walvault_proto::manifest::is_reserved_name(&name)
                 || (area == Area::Data && SERVER_FILES.contains(&name.as_ref())))
         {
             continue;

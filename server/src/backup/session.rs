@@ -153,6 +153,18 @@ impl Session {
         })
     }
 
+    /// Where `path` of `area` is, refusing the names the storage keeps for itself (a second
+    /// line behind `RelPath`'s own check: the storage knows best what is its own).
+    fn target(&self, area: Area, path: &RelPath) -> Result<PathBuf, BackupError> {
+        let first = path.as_str().split('/').next().unwrap_or_default();
+        if self.backups.storage.reserves(first) {
+            return Err(self.protocol(format!(
+                "{area}/{path}: {first} is the storage's own, never a file of the database"
+            )));
+        }
+        Ok(self.root(area)?.join(path.as_str()))
+    }
+
     pub fn started(&mut self, start_lsn: Lsn, timeline: TimelineId, start_unix: i64) {
         *self.running.start.lock().unwrap_or_else(|p| p.into_inner()) = Some((start_lsn, timeline));
         self.started = Some((start_lsn, timeline, start_unix));
@@ -175,7 +187,7 @@ impl Session {
         if area == Area::Data && files::SERVER_FILES.contains(&path.as_str()) {
             return Err(self.protocol(format!("{path} is written by the server, not sent")));
         }
-        let abs = self.root(area)?.join(path.as_str());
+        let abs = self.target(area, &path)?;
         let owner = self.backups.owner;
         if let Some(parent) = abs.parent() {
             files::make_dirs(parent, owner)
@@ -368,7 +380,7 @@ impl Session {
         if self.open.is_some() {
             return Err(self.protocol(format!("{area}/{path} deleted while a file was open")));
         }
-        let abs = self.root(area)?.join(path.as_str());
+        let abs = self.target(area, &path)?;
         files::remove(&abs).map_err(self.io(format!("remove {area}/{path}")))?;
         self.backups
             .catalog

@@ -105,6 +105,10 @@ fn walk_dir(
                 dir.display()
             )));
         };
+        // The storage's own names (.zfs, .walvault-*) are no part of the copy.
+        if rel.is_empty() && walvault_proto::manifest::is_reserved_name(name) {
+            continue;
+        }
         let path = if rel.is_empty() {
             name.to_owned()
         } else {

@@ -175,6 +175,10 @@ pub trait Storage: Send + Sync + fmt::Debug {
     /// The compression the backend applies at rest (`zstd`, `lz4`, `lzjb`, `off`, …).
     fn compression(&self) -> String;
 
+    /// Whether `name`, at the top of a dataset, is the backend's own (ZFS's `.zfs`, the `dir`
+    /// backend's `.walvault-*`): never written, deleted or handed out for a client.
+    fn reserves(&self, name: &str) -> bool;
+
     /// Creates a dataset; its parent must exist.
     fn create(&self, path: &DatasetPath, options: &DatasetOptions) -> Result<(), StorageError>;
 

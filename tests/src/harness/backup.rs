@@ -701,11 +701,21 @@ impl Deployment {
 
     /// As `start`, with `extra_toml` appended to the server's configuration.
     pub fn start_with(name: &str, scale: Option<u32>, extra_toml: &str) -> Option<Self> {
+        Self::start_on(name, scale, extra_toml, false)
+    }
+
+    /// As `start_with`, on the `dir` storage backend whatever `WALVAULT_TEST_STORAGE` says
+    /// when `dir` is set: for what must hold on both backends.
+    pub fn start_on(name: &str, scale: Option<u32>, extra_toml: &str, dir: bool) -> Option<Self> {
         if !super::e2e_ready() {
             return None;
         }
         let td = TestDir::new(name);
-        let storage = Storage::create(&td)?;
+        let storage = if dir {
+            Storage::Dir(td.mkdir("storage"))
+        } else {
+            Storage::create(&td)?
+        };
         let wv = super::Walvault::start_with(&td, &storage, extra_toml);
         wv.tenant_create("acme", None);
         wv.cluster_create(CLUSTER);

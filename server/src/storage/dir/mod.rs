@@ -380,6 +380,10 @@ impl Storage for DirStorage {
         "off".to_owned()
     }
 
+    fn reserves(&self, name: &str) -> bool {
+        name.starts_with(RESERVED_PREFIX)
+    }
+
     /// `recordsize` and `dedup` mean nothing for plain directories and are ignored.
     fn create(&self, path: &DatasetPath, options: &DatasetOptions) -> Result<(), StorageError> {
         let _guard = self.locked();

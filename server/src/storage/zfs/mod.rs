@@ -371,6 +371,11 @@ impl Storage for ZfsStorage {
         self.compression.clone()
     }
 
+    fn reserves(&self, name: &str) -> bool {
+        // The snapshot directory at every dataset's root (visible or not).
+        name == ".zfs"
+    }
+
     fn create(&self, path: &DatasetPath, options: &DatasetOptions) -> Result<(), StorageError> {
         if path.is_root() {
             return Err(StorageError::DatasetExists(path.clone()));
