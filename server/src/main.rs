@@ -180,6 +180,9 @@ fn open_offline(config: &Path) -> Result<(Config, Catalog)> {
     Ok((config, catalog))
 }
 
+/// How long requests may go on after SIGTERM or SIGINT before the server stops anyway.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn serve(config: &Path) -> Result<()> {
     let config = Config::load(config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -187,19 +190,35 @@ async fn serve(config: &Path) -> Result<()> {
         .with_context(|| format!("listen on {}", config.listen))?;
     // The one line on stdout: scripts and tests read the bound port from it.
     println!("listening on {}", listener.local_addr()?);
-    let shutdown = async {
+    let (stop, stopping) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         let mut term =
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(s) => s,
-                Err(_) => return std::future::pending().await,
+                Err(_) => return,
             };
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
         tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let signalled = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
     };
-    walvault_server::run(config, listener, shutdown).await?;
+    let serving = walvault_server::run(config, listener, signalled(stopping.clone()));
+    tokio::pin!(serving);
+    tokio::select! {
+        r = &mut serving => r?,
+        // A request stuck on a failing disk or a silent peer does not hold the stop up.
+        _ = async {
+            signalled(stopping.clone()).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("requests still running {SHUTDOWN_GRACE:?} after the signal; stopping anyway");
+        }
+    }
     Ok(())
 }
 
@@ -237,7 +256,12 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => tokio::runtime::Runtime::new()
             .context("start the runtime")
-            .and_then(|rt| rt.block_on(serve(&config))),
+            .and_then(|rt| {
+                let r = rt.block_on(serve(&config));
+                // Blocking work still running (a stuck write) must not keep the process.
+                rt.shutdown_background();
+                r
+            }),
         Command::Cert(CertCommand::Issue {
             ca_dir,
             agent,
@@ -261,7 +285,15 @@ fn main() -> ExitCode {
             principal.and_then(|p| issue(&ca_dir, p, &out))
         }
         Command::Catalog(CatalogCommand::Rebuild { config }) => (|| {
-            let (config, catalog) = open_offline(&config)?;
+            let config = Config::load(&config)?;
+            let (catalog, aside) = Catalog::open_for_rebuild(&config.catalog)
+                .with_context(|| "open the catalog (is walvault-server still running?)")?;
+            if let Some(old) = aside {
+                eprintln!(
+                    "moved the catalog of an older walvault-server aside to {}",
+                    old.display()
+                );
+            }
             let storage = walvault_server::open_storage(&config.storage)?;
             let report = rebuild(&catalog, storage.as_ref())?;
             for s in &report.skipped {

@@ -5,6 +5,7 @@ use tonic::{Code, Status};
 
 use crate::auth::AuthError;
 use crate::backup::BackupError;
+use crate::catalog::CatalogError;
 use crate::restore::RestoreError;
 use crate::retention::RetentionError;
 use crate::tenancy::TenancyError;
@@ -19,6 +20,22 @@ fn refuse(code: Code, msg: String) -> Status {
 fn fail(msg: String) -> Status {
     tracing::error!("{msg}");
     Status::internal(msg)
+}
+
+/// A catalog that could not take a write: a full disk is the operator's to fix and the
+/// request's to retry (PostgreSQL retries archive_command), not an internal error.
+fn catalog(msg: String, e: &CatalogError) -> Status {
+    match e {
+        CatalogError::DiskFull => {
+            tracing::error!("{msg}");
+            Status::resource_exhausted(msg)
+        }
+        _ if e.is_retryable() => {
+            tracing::warn!("{msg}");
+            Status::unavailable(format!("{msg}; retry later"))
+        }
+        _ => fail(msg),
+    }
 }
 
 pub fn auth(e: AuthError) -> Status {
@@ -58,11 +75,8 @@ pub fn archive(e: ArchiveError) -> Status {
         }
         E::ContentConflict { .. } => refuse(Code::AlreadyExists, msg),
         E::QuotaExceeded { .. } | E::StorageFull { .. } => refuse(Code::ResourceExhausted, msg),
-        E::Damaged { .. }
-        | E::Storage { .. }
-        | E::TenantSpace { .. }
-        | E::Io { .. }
-        | E::Catalog(_) => fail(msg),
+        E::Catalog(c) => catalog(msg, &c),
+        E::Damaged { .. } | E::Storage { .. } | E::TenantSpace { .. } | E::Io { .. } => fail(msg),
     }
 }
 
@@ -72,7 +86,8 @@ pub fn tenancy(e: TenancyError) -> Status {
     match e {
         E::TenantExists(_) | E::ClusterExists(_) => refuse(Code::AlreadyExists, msg),
         E::TenantNotFound(_) | E::ClusterNotFound(_) => refuse(Code::NotFound, msg),
-        E::Storage { .. } | E::Catalog(_) => fail(msg),
+        E::Catalog(c) => catalog(msg, &c),
+        E::Storage { .. } => fail(msg),
     }
 }
 
@@ -89,7 +104,8 @@ pub fn backup(e: BackupError) -> Status {
         E::WalMissing { .. } => refuse(Code::DeadlineExceeded, msg),
         E::QuotaExceeded { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(*a),
-        E::Io { .. } | E::Storage { .. } | E::Reconcile { .. } | E::Catalog(_) => fail(msg),
+        E::Catalog(c) => catalog(msg, &c),
+        E::Io { .. } | E::Storage { .. } | E::Reconcile { .. } => fail(msg),
     }
 }
 
@@ -102,9 +118,8 @@ pub fn restore(e: RestoreError) -> Status {
         E::Invalid(_) => refuse(Code::InvalidArgument, msg),
         E::NoPort { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(a),
-        E::Instance { .. } | E::Index(_) | E::Catalog(_) | E::Storage { .. } | E::Io { .. } => {
-            fail(msg)
-        }
+        E::Catalog(c) => catalog(msg, &c),
+        E::Instance { .. } | E::Index(_) | E::Storage { .. } | E::Io { .. } => fail(msg),
     }
 }
 
@@ -117,7 +132,8 @@ pub fn retention(e: RetentionError) -> Status {
         E::Busy(_) => refuse(Code::FailedPrecondition, msg),
         E::Restore(r) => restore(*r),
         E::Archive(a) => archive(*a),
-        E::Catalog(_) | E::Storage { .. } | E::Io { .. } => fail(msg),
+        E::Catalog(c) => catalog(msg, &c),
+        E::Storage { .. } | E::Io { .. } => fail(msg),
     }
 }
 
@@ -126,6 +142,7 @@ pub fn verify(e: VerifyError) -> Status {
         VerifyError::ClusterNotFound(_) => refuse(Code::NotFound, e.to_string()),
         VerifyError::Archive(a) => archive(a),
         VerifyError::Restore(r) => restore(*r),
-        VerifyError::Catalog(_) | VerifyError::Storage { .. } => fail(e.to_string()),
+        VerifyError::Catalog(c) => catalog(c.to_string(), &c),
+        VerifyError::Storage { .. } => fail(e.to_string()),
     }
 }

@@ -232,11 +232,7 @@ impl Catalog {
         self.manifest
             .remove(manifest_key(cluster, area, path.as_str()))?;
         let inside = manifest_key(cluster, area, &format!("{path}/"));
-        let mut batch = sled::Batch::default();
-        for k in self.manifest.scan_prefix(&inside).keys() {
-            batch.remove(k?);
-        }
-        self.manifest.apply_batch(batch)?;
+        self.manifest.remove_prefix(&inside)?;
         Ok(())
     }
 
@@ -260,11 +256,7 @@ impl Catalog {
 
     /// Forgets a cluster's manifest (the next backup then re-sends everything).
     pub fn clear_file_entries(&self, cluster: &ClusterId) -> Result<(), CatalogError> {
-        let mut batch = sled::Batch::default();
-        for k in self.manifest.scan_prefix(cluster_prefix(cluster)).keys() {
-            batch.remove(k?);
-        }
-        self.manifest.apply_batch(batch)?;
+        self.manifest.remove_prefix(cluster_prefix(cluster))?;
         self.flush()
     }
 

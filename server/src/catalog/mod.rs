@@ -1,29 +1,33 @@
-//! The catalog: tenants, clusters, archived WAL files, backups and the block manifest, in sled.
+//! The catalog: tenants, clusters, archived WAL files, backups and the block manifest, in one
+//! SQLite database (`store`).
 //!
-//! sled appears nowhere else. Keys are `tenant \0 cluster \0 name` so one tenant's or one
+//! SQLite appears nowhere else. Keys are `tenant \0 cluster \0 name` so one tenant's or one
 //! cluster's entries form a contiguous, sorted range; values are a format byte followed by
 //! JSON. The catalog is a cache of the storage: everything in it can be rebuilt from datasets,
 //! `walvault:*` properties and the archived files themselves (see `rebuild`). Writes are
-//! flushed before they are acknowledged.
+//! flushed before they are acknowledged; a write the disk cannot take (full, failing) fails
+//! its request with [`CatalogError::DiskFull`] or [`CatalogError::Db`] and changes nothing,
+//! and writes work again once it can.
 
 mod backups;
 mod integrity;
 mod policies;
 pub mod rebuild;
 mod restores;
+mod store;
 
 pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession};
 pub use integrity::DamageRecord;
 pub use restores::RestoreRecord;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use walvault_proto::{ClusterId, TenantId, WalFileName};
 
 /// Bumped when the layout changes; `open` refuses a catalog of another version with advice.
 const FORMAT_VERSION: u32 = 1;
-const FORMAT_KEY: &[u8] = b"format_version";
+const FORMAT_KEY: &str = "format_version";
 /// First byte of every value.
 pub(super) const VALUE_V1: u8 = 1;
 
@@ -33,17 +37,58 @@ pub enum CatalogError {
     Open {
         path: String,
         #[source]
-        source: sled::Error,
+        source: Box<store::OpenError>,
     },
     #[error(
         "catalog {path} has format version {found}, this walvault-server reads {FORMAT_VERSION}; \
          run `walvault-server catalog rebuild`"
     )]
     WrongFormat { path: String, found: u32 },
+    #[error(
+        "catalog {path} was written by an older walvault-server (sled); run \
+         `walvault-server catalog rebuild`, which moves it aside and rebuilds it from the storage"
+    )]
+    OldStore { path: String },
+    #[error(
+        "the catalog's disk is full, so this was not recorded; free space where the catalog \
+         lives and retry (no restart needed)"
+    )]
+    DiskFull,
     #[error("catalog: {0}")]
-    Db(#[from] sled::Error),
+    Db(Box<rusqlite::Error>),
+    #[error("catalog {path}: {context}: {source}")]
+    Io {
+        path: String,
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("catalog entry {key} is damaged: {detail}")]
     Damaged { key: String, detail: String },
+}
+
+impl From<rusqlite::Error> for CatalogError {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => CatalogError::DiskFull,
+            _ => CatalogError::Db(Box::new(e)),
+        }
+    }
+}
+
+impl CatalogError {
+    /// Whether the request may succeed later without anyone changing it (the disk filled up,
+    /// the database was busy).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            CatalogError::DiskFull => true,
+            CatalogError::Db(e) => matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            ),
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,26 +134,48 @@ pub struct CatalogDump {
     pub backups: Vec<(String, BackupRecord)>,
 }
 
+/// The trees (tables) of the catalog.
+const TREES: [&str; 13] = [
+    "tenants",
+    "clusters",
+    "wal",
+    "backups",
+    "manifest",
+    "sessions",
+    "wal_index",
+    "restores",
+    "policies",
+    "prune_jobs",
+    "damage",
+    "pruned",
+    "verifications",
+];
+
 #[derive(Clone)]
 pub struct Catalog {
-    db: sled::Db,
-    tenants: sled::Tree,
-    clusters: sled::Tree,
-    wal: sled::Tree,
-    backups: sled::Tree,
-    manifest: sled::Tree,
-    sessions: sled::Tree,
+    store: std::sync::Arc<store::Store>,
+    tenants: store::Tree,
+    clusters: store::Tree,
+    wal: store::Tree,
+    backups: store::Tree,
+    manifest: store::Tree,
+    sessions: store::Tree,
     /// The WAL time index: a cache of what each archived segment's records say.
-    wal_index: sled::Tree,
-    restores: sled::Tree,
-    policies: sled::Tree,
-    prune_jobs: sled::Tree,
+    wal_index: store::Tree,
+    restores: store::Tree,
+    policies: store::Tree,
+    prune_jobs: store::Tree,
     /// Archived files found damaged.
-    damage: sled::Tree,
+    damage: store::Tree,
     /// Segment ranges pruned on purpose, per cluster.
-    pruned: sled::Tree,
+    pruned: store::Tree,
     /// Each cluster's last verification.
-    verifications: sled::Tree,
+    verifications: store::Tree,
+}
+
+/// Whether `dir` holds a sled database (the catalog of walvault-server before SQLite).
+fn is_sled(dir: &Path) -> bool {
+    dir.join("conf").is_file() && dir.join("db").is_file()
 }
 
 impl std::fmt::Debug for Catalog {
@@ -151,17 +218,28 @@ pub(super) fn decode<T: DeserializeOwned>(key: &[u8], v: &[u8]) -> Result<T, Cat
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Self, CatalogError> {
-        let db = sled::open(path).map_err(|source| CatalogError::Open {
+        if is_sled(path) {
+            return Err(CatalogError::OldStore {
+                path: path.display().to_string(),
+            });
+        }
+        let open_err = |source| CatalogError::Open {
             path: path.display().to_string(),
+            source: Box::new(source),
+        };
+        std::fs::create_dir_all(path).map_err(|source| CatalogError::Io {
+            path: path.display().to_string(),
+            context: "create the directory",
             source,
         })?;
-        match db.get(FORMAT_KEY)? {
+        let store = store::Store::open(path, &TREES).map_err(open_err)?;
+        match store.meta(FORMAT_KEY)? {
             None => {
-                db.insert(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
-                db.flush()?;
+                store.set_meta(FORMAT_KEY, &FORMAT_VERSION.to_be_bytes())?;
+                store.flush()?;
             }
             Some(v) => {
-                let found = <[u8; 4]>::try_from(v.as_ref())
+                let found = <[u8; 4]>::try_from(v.as_slice())
                     .map(u32::from_be_bytes)
                     .unwrap_or(0);
                 if found != FORMAT_VERSION {
@@ -172,26 +250,42 @@ impl Catalog {
                 }
             }
         }
+        let t = |name| store.tree(name);
         Ok(Self {
-            tenants: db.open_tree("tenants")?,
-            clusters: db.open_tree("clusters")?,
-            wal: db.open_tree("wal")?,
-            backups: db.open_tree("backups")?,
-            manifest: db.open_tree("manifest")?,
-            sessions: db.open_tree("sessions")?,
-            wal_index: db.open_tree("wal_index")?,
-            restores: db.open_tree("restores")?,
-            policies: db.open_tree("policies")?,
-            prune_jobs: db.open_tree("prune_jobs")?,
-            damage: db.open_tree("damage")?,
-            pruned: db.open_tree("pruned")?,
-            verifications: db.open_tree("verifications")?,
-            db,
+            tenants: t("tenants"),
+            clusters: t("clusters"),
+            wal: t("wal"),
+            backups: t("backups"),
+            manifest: t("manifest"),
+            sessions: t("sessions"),
+            wal_index: t("wal_index"),
+            restores: t("restores"),
+            policies: t("policies"),
+            prune_jobs: t("prune_jobs"),
+            damage: t("damage"),
+            pruned: t("pruned"),
+            verifications: t("verifications"),
+            store,
         })
     }
 
+    /// Opens the catalog for `catalog rebuild`: an older store found there (sled) is moved
+    /// aside to `<path>.sled-<unix time>` first, and reported.
+    pub fn open_for_rebuild(path: &Path) -> Result<(Self, Option<PathBuf>), CatalogError> {
+        if !is_sled(path) {
+            return Ok((Self::open(path)?, None));
+        }
+        let aside = PathBuf::from(format!("{}.sled-{}", path.display(), crate::unix_now()));
+        std::fs::rename(path, &aside).map_err(|source| CatalogError::Io {
+            path: path.display().to_string(),
+            context: "move the old catalog aside",
+            source,
+        })?;
+        Ok((Self::open(path)?, Some(aside)))
+    }
+
     fn flush(&self) -> Result<(), CatalogError> {
-        self.db.flush()?;
+        self.store.flush()?;
         Ok(())
     }
 
@@ -368,11 +462,27 @@ mod tests {
     fn refuses_another_format() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = sled::open(dir.path()).unwrap();
-            db.insert(FORMAT_KEY, &99u32.to_be_bytes()).unwrap();
-            db.flush().unwrap();
+            let s = store::Store::open(dir.path(), &TREES).unwrap();
+            s.set_meta(FORMAT_KEY, &99u32.to_be_bytes()).unwrap();
+            s.flush().unwrap();
+            drop(s);
         }
         let err = Catalog::open(dir.path()).unwrap_err().to_string();
         assert!(err.contains("format version 99"), "{err}");
+    }
+
+    #[test]
+    fn an_old_sled_catalog_is_moved_aside_by_a_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("catalog");
+        std::fs::create_dir_all(&path).unwrap();
+        std::fs::write(path.join("conf"), "segment_size: 524288").unwrap();
+        std::fs::write(path.join("db"), [0u8; 16]).unwrap();
+        let err = Catalog::open(&path).unwrap_err().to_string();
+        assert!(err.contains("catalog rebuild"), "{err}");
+        let (cat, aside) = Catalog::open_for_rebuild(&path).unwrap();
+        let aside = aside.expect("moved aside");
+        assert!(aside.join("conf").is_file());
+        assert!(cat.tenants().unwrap().is_empty());
     }
 }

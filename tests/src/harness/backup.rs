@@ -689,6 +689,8 @@ pub struct Deployment {
     pub agent: Client,
     pub wv: super::Walvault,
     pub storage: Storage,
+    /// A small file system the catalog lives on, when the test runs out of space there.
+    pub catalog_disk: Option<super::loopfs::LoopFs>,
     pub td: TestDir,
 }
 
@@ -707,10 +709,24 @@ impl Deployment {
     /// As `start_with`, on the `dir` storage backend whatever `WALVAULT_TEST_STORAGE` says
     /// when `dir` is set: for what must hold on both backends.
     pub fn start_on(name: &str, scale: Option<u32>, extra_toml: &str, dir: bool) -> Option<Self> {
+        Self::start_custom(name, scale, extra_toml, dir, None)
+    }
+
+    /// As `start_on`, with the catalog on a file system of its own of `catalog_mib` MiB
+    /// ([`Deployment::catalog_disk`]).
+    pub fn start_custom(
+        name: &str,
+        scale: Option<u32>,
+        extra_toml: &str,
+        dir: bool,
+        catalog_mib: Option<u64>,
+    ) -> Option<Self> {
         if !super::e2e_ready() {
             return None;
         }
         let td = TestDir::new(name);
+        // Where Walvault puts the catalog: mounted first, so the catalog lands on it.
+        let catalog_disk = catalog_mib.map(|mib| super::loopfs::LoopFs::mount(&td, "catalog", mib));
         let storage = if dir {
             Storage::Dir(td.mkdir("storage"))
         } else {
@@ -730,6 +746,7 @@ impl Deployment {
             agent,
             wv,
             storage,
+            catalog_disk,
             td,
         })
     }

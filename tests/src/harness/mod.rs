@@ -11,6 +11,7 @@ pub mod backup;
 pub mod bench;
 mod client;
 mod command;
+pub mod loopfs;
 pub(crate) mod pg;
 pub mod restore;
 mod server;
