@@ -173,6 +173,11 @@ pub async fn run(
         max_rate: opts.max_rate,
         began: Instant::now(),
         files: 0,
+        last_sent: std::cell::Cell::new(Instant::now()),
+        heartbeat: match accepted.idle_timeout_secs {
+            0 => HEARTBEAT,
+            secs => HEARTBEAT.min(Duration::from_secs(u64::from(secs)) / 3),
+        },
     };
     let sent = tokio::task::spawn_blocking(move || sender.run(entries, manifest_rx)).await;
     let sent = match sent {
@@ -301,7 +306,14 @@ struct Sender {
     max_rate: Option<u64>,
     began: Instant,
     files: u64,
+    /// When the last message went out: a long read with nothing to send says it is alive.
+    last_sent: std::cell::Cell<Instant>,
+    /// How often to say so: well within the server's idle limit.
+    heartbeat: Duration,
 }
+
+/// How often a backup that reads without sending tells the server so, at most.
+const HEARTBEAT: Duration = Duration::from_secs(15);
 
 fn closed() -> ClientError {
     ClientError::Integrity("the server closed the backup stream".into())
@@ -309,7 +321,19 @@ fn closed() -> ClientError {
 
 impl Sender {
     fn send(&self, part: backup_request::Part) -> Result<(), ClientError> {
+        self.last_sent.set(Instant::now());
         self.out.blocking_send(msg(part)).map_err(|_| closed())
+    }
+
+    /// Says how far the read is, if nothing went out for a while.
+    fn heartbeat(&self) -> Result<(), ClientError> {
+        if self.last_sent.get().elapsed() < self.heartbeat {
+            return Ok(());
+        }
+        self.send(backup_request::Part::Progress(pb::BackupProgress {
+            bytes_read: self.read.load(Ordering::Relaxed),
+            files: self.files,
+        }))
     }
 
     fn delete(&self, r: &Remote) -> Result<(), ClientError> {
@@ -359,6 +383,7 @@ impl Sender {
                 }
             }
             self.files += 1;
+            self.heartbeat()?;
             if local.is_pg_control() {
                 deferred = Some((local, matched));
                 continue;
@@ -430,6 +455,7 @@ impl Sender {
             }
             self.read.fetch_add(filled as u64, Ordering::Relaxed);
             self.throttle();
+            self.heartbeat()?;
             for block in buf[..filled].chunks(BLOCK_SIZE as usize) {
                 let hash = hash_block(block);
                 let known = remote

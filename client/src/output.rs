@@ -25,6 +25,31 @@ pub fn parse_size(s: &str) -> Result<Option<u64>, String> {
     Ok(Some((v * mult as f64) as u64))
 }
 
+/// `println!` for everything the client prints: when stdout is closed early (`walvault
+/// wal-list | head`), the program ends quietly instead of panicking.
+#[macro_export]
+macro_rules! outln {
+    () => {
+        $crate::output::write_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::output::write_line(format_args!($($arg)*))
+    };
+}
+
+/// One line on stdout; see [`outln!`].
+pub fn write_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("walvault: write to stdout: {e}");
+        std::process::exit(1);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

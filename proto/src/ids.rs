@@ -8,13 +8,13 @@ use std::str::FromStr;
 pub enum IdError {
     #[error("{kind} name is empty")]
     Empty { kind: &'static str },
-    #[error("{kind} name {name:?} is longer than 63 characters")]
+    #[error("{kind} name {name} is longer than 63 characters")]
     TooLong { kind: &'static str, name: String },
     #[error(
-        "{kind} name {name:?} is invalid: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
+        "{kind} name {name} is invalid: use lowercase letters, digits, '-' and '_', starting with a letter or digit"
     )]
     BadCharacters { kind: &'static str, name: String },
-    #[error("cluster {0:?} is not of the form TENANT/CLUSTER")]
+    #[error("cluster {0} is not of the form TENANT/CLUSTER")]
     NotQualified(String),
 }
 
@@ -25,7 +25,7 @@ fn validate(kind: &'static str, name: &str) -> Result<(), IdError> {
     if name.len() > 63 {
         return Err(IdError::TooLong {
             kind,
-            name: name.to_owned(),
+            name: crate::echo(name),
         });
     }
     let mut chars = name.chars();
@@ -39,7 +39,7 @@ fn validate(kind: &'static str, name: &str) -> Result<(), IdError> {
     } else {
         Err(IdError::BadCharacters {
             kind,
-            name: name.to_owned(),
+            name: crate::echo(name),
         })
     }
 }
@@ -118,7 +118,7 @@ impl FromStr for ClusterId {
     fn from_str(s: &str) -> Result<Self, IdError> {
         let (tenant, name) = s
             .split_once('/')
-            .ok_or_else(|| IdError::NotQualified(s.to_owned()))?;
+            .ok_or_else(|| IdError::NotQualified(crate::echo(s)))?;
         Self::new(tenant.parse()?, name)
     }
 }

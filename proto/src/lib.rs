@@ -66,6 +66,19 @@ pub fn utc_time(unix: i64) -> String {
     format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
 }
 
+/// A string someone sent, as it may appear in an error or a log: quoted and escaped (no line
+/// break or control character gets through to a log line or a table) and cut to 64
+/// characters, its length said when cut. Every refusal that names client input uses it.
+pub fn echo(s: &str) -> String {
+    const MAX: usize = 64;
+    let cut: String = s.chars().take(MAX).collect();
+    if cut.len() < s.len() {
+        format!("{cut:?}… ({} bytes)", s.len())
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 /// Bytes per message chunk on the wire: well under tonic's 4 MiB default message limit.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
@@ -83,6 +96,16 @@ const _: () = assert!(RESTORE_FATAL_EXIT > 125);
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn echoed_input_is_short_and_has_no_line_breaks() {
+        assert_eq!(super::echo("db1"), "\"db1\"");
+        let e = super::echo(&format!("a\nb{}", "x".repeat(100_000)));
+        assert!(e.starts_with("\"a\\nb"), "{e}");
+        assert!(e.ends_with("… (100003 bytes)"), "{e}");
+        assert!(e.len() < 100, "{e}");
+        assert!(!e.contains('\n'));
+    }
+
     #[test]
     fn human_bytes_reads_well() {
         assert_eq!(super::human_bytes(512), "512 B");

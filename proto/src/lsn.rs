@@ -21,13 +21,13 @@ use std::str::FromStr;
 pub struct Lsn(pub u64);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an LSN (expected hex X/X, like 0/16B3748)")]
+#[error("{0} is not an LSN (expected hex X/X, like 0/16B3748)")]
 pub struct LsnParseError(String);
 
 impl FromStr for Lsn {
     type Err = LsnParseError;
     fn from_str(s: &str) -> Result<Self, LsnParseError> {
-        let err = || LsnParseError(s.to_owned());
+        let err = || LsnParseError(crate::echo(s));
         let (hi, lo) = s.split_once('/').ok_or_else(err)?;
         let part = |p: &str| {
             if p.is_empty() || p.len() > 8 {

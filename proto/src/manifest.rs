@@ -18,12 +18,12 @@ pub const HASHES_PER_ENTRY: usize = 32 * 1024;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
-    #[error("{0:?} is not an area (data or tblspc/<oid>)")]
+    #[error("{0} is not an area (data or tblspc/<oid>)")]
     BadArea(String),
-    #[error("{0:?} is not a relative path inside a data directory")]
+    #[error("{0} is not a relative path inside a data directory")]
     BadPath(String),
     #[error(
-        "{0:?} begins with {1:?}, a name the server's storage keeps for itself (ZFS's .zfs, \
+        "{0} begins with {1}, a name the server's storage keeps for itself (ZFS's .zfs, \
          walvault's own .walvault-* files); no PostgreSQL file is named so"
     )]
     Reserved(String, String),
@@ -82,7 +82,7 @@ impl FromStr for Area {
             .filter(|oid| !oid.is_empty() && !oid.starts_with('0') && oid.len() <= 10)
             .and_then(|oid| oid.parse::<u32>().ok())
             .map(Area::Tablespace)
-            .ok_or_else(|| ManifestError::BadArea(s.to_owned()))
+            .ok_or_else(|| ManifestError::BadArea(crate::echo(s)))
     }
 }
 
@@ -118,11 +118,11 @@ impl FromStr for RelPath {
             && !s.contains('\0')
             && s.split('/').all(|c| !c.is_empty() && c != "." && c != "..");
         if !ok {
-            return Err(ManifestError::BadPath(s.to_owned()));
+            return Err(ManifestError::BadPath(crate::echo(s)));
         }
         let first = s.split('/').next().unwrap_or_default();
         if is_reserved_name(first) {
-            return Err(ManifestError::Reserved(s.to_owned(), first.to_owned()));
+            return Err(ManifestError::Reserved(crate::echo(s), crate::echo(first)));
         }
         Ok(RelPath(s.to_owned()))
     }

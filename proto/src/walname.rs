@@ -10,7 +10,7 @@ use crate::{Lsn, TimelineId};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "{0:?} is not a WAL file name (expected a segment like 000000010000000000000001, \
+    "{0} is not a WAL file name (expected a segment like 000000010000000000000001, \
      or a .partial, .history or .backup file)"
 )]
 pub struct WalNameError(String);
@@ -127,7 +127,7 @@ impl FromStr for WalFileName {
         if ok && &s[..8] != "00000000" {
             Ok(Self(s.to_owned()))
         } else {
-            Err(WalNameError(s.to_owned()))
+            Err(WalNameError(crate::echo(s)))
         }
     }
 }

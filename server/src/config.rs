@@ -85,6 +85,138 @@ enum RawStorage {
 struct RawLimits {
     request_timeout_secs: Option<u64>,
     backup_wal_wait_secs: Option<u64>,
+    idle_timeout_secs: Option<u64>,
+    stream_max_secs: Option<u64>,
+    pushes_per_cluster: Option<u32>,
+    pushes_per_tenant: Option<u32>,
+    pushes: Option<u32>,
+    fetches_per_cluster: Option<u32>,
+    fetches_per_tenant: Option<u32>,
+    fetches: Option<u32>,
+    backups_per_tenant: Option<u32>,
+    backups: Option<u32>,
+    restores_per_cluster: Option<u32>,
+    restores_per_tenant: Option<u32>,
+    restores: Option<u32>,
+    clones_per_tenant: Option<u32>,
+    max_tablespaces: Option<u32>,
+    max_file_bytes: Option<u64>,
+    max_local_manifest_bytes: Option<u64>,
+}
+
+/// How much of the server one request, one cluster, one tenant and everyone together may use
+/// (DESIGN §10). Every limit refuses the excess with a retryable error that names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A stream (push, fetch, backup, restore) that sends or reads nothing this long is cut
+    /// off, and what it held is released.
+    pub idle_timeout: Duration,
+    /// The longest a backup or a directory restore stream may last, whatever it does.
+    pub stream_max: Duration,
+    /// (per cluster, per tenant, on the server) of each kind of work at once.
+    pub pushes: (u32, u32, u32),
+    pub fetches: (u32, u32, u32),
+    /// Backups: one per cluster (its lease), then per tenant and on the server.
+    pub backups: (u32, u32, u32),
+    /// Restores being planned, cloned, delivered or started.
+    pub restores: (u32, u32, u32),
+    /// Restore clones a tenant may hold open (deliveries and instances).
+    pub clones_per_tenant: u32,
+    /// Tablespaces a backup may announce.
+    pub max_tablespaces: u32,
+    /// Largest file a backup may send (PostgreSQL's relation segments are 1 GiB).
+    pub max_file_bytes: u64,
+    /// Largest manifest a delta restore may send of what its directory holds.
+    pub max_local_manifest_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(60),
+            stream_max: Duration::from_secs(86_400),
+            pushes: (4, 16, 64),
+            fetches: (8, 32, 64),
+            backups: (1, 4, 16),
+            restores: (4, 8, 16),
+            clones_per_tenant: 16,
+            max_tablespaces: 128,
+            max_file_bytes: 1 << 30,
+            max_local_manifest_bytes: 1 << 30,
+        }
+    }
+}
+
+fn parse_limits(raw: &RawLimits) -> Result<Limits, String> {
+    let d = Limits::default();
+    let positive = |name: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => Err(format!("limits.{name} must be at least 1")),
+        Some(n) => Ok(n),
+        None => Ok(default),
+    };
+    let triple = |what: &str,
+                  (c, t, all): (Option<u32>, Option<u32>, Option<u32>),
+                  (dc, dt, dall): (u32, u32, u32)|
+     -> Result<(u32, u32, u32), String> {
+        Ok((
+            positive(&format!("{what}_per_cluster"), c, dc)?,
+            positive(&format!("{what}_per_tenant"), t, dt)?,
+            positive(what, all, dall)?,
+        ))
+    };
+    let idle = raw.idle_timeout_secs.unwrap_or(d.idle_timeout.as_secs());
+    if idle == 0 {
+        return Err("limits.idle_timeout_secs must be at least 1".into());
+    }
+    let stream_max = raw.stream_max_secs.unwrap_or(d.stream_max.as_secs());
+    if stream_max == 0 {
+        return Err("limits.stream_max_secs must be at least 1".into());
+    }
+    Ok(Limits {
+        idle_timeout: Duration::from_secs(idle),
+        stream_max: Duration::from_secs(stream_max),
+        pushes: triple(
+            "pushes",
+            (raw.pushes_per_cluster, raw.pushes_per_tenant, raw.pushes),
+            d.pushes,
+        )?,
+        fetches: triple(
+            "fetches",
+            (raw.fetches_per_cluster, raw.fetches_per_tenant, raw.fetches),
+            d.fetches,
+        )?,
+        backups: (
+            1,
+            positive("backups_per_tenant", raw.backups_per_tenant, d.backups.1)?,
+            positive("backups", raw.backups, d.backups.2)?,
+        ),
+        restores: triple(
+            "restores",
+            (
+                raw.restores_per_cluster,
+                raw.restores_per_tenant,
+                raw.restores,
+            ),
+            d.restores,
+        )?,
+        clones_per_tenant: positive(
+            "clones_per_tenant",
+            raw.clones_per_tenant,
+            d.clones_per_tenant,
+        )?,
+        max_tablespaces: positive("max_tablespaces", raw.max_tablespaces, d.max_tablespaces)?,
+        max_file_bytes: match raw.max_file_bytes {
+            Some(b) if b < u64::from(walvault_proto::BLOCK_SIZE) => {
+                return Err("limits.max_file_bytes must be at least one block (8192)".into())
+            }
+            Some(b) => b,
+            None => d.max_file_bytes,
+        },
+        max_local_manifest_bytes: raw
+            .max_local_manifest_bytes
+            .unwrap_or(d.max_local_manifest_bytes)
+            .max(1 << 20),
+    })
 }
 
 /// Where the data lives.
@@ -183,6 +315,7 @@ pub struct Config {
     pub request_timeout: Duration,
     /// How long a finishing backup waits for the archive to hold its WAL.
     pub backup_wal_wait: Duration,
+    pub limits: Limits,
     pub restore: RestoreConfig,
     /// How often the server prunes every cluster by its policy; `None`: only on demand.
     pub prune_interval: Option<Duration>,
@@ -241,6 +374,7 @@ impl Config {
             return Err("limits.request_timeout_secs must be at least 1".into());
         }
         let wal_wait = raw.limits.backup_wal_wait_secs.unwrap_or(300);
+        let limits = parse_limits(&raw.limits)?;
         let restore = parse_restore(raw.restore)?;
         Ok(Self {
             listen,
@@ -254,6 +388,7 @@ impl Config {
             storage,
             request_timeout: Duration::from_secs(timeout),
             backup_wal_wait: Duration::from_secs(wal_wait),
+            limits,
             restore,
             prune_interval: match raw.retention.prune_interval_secs.unwrap_or(3600) {
                 0 => None,
@@ -351,6 +486,14 @@ dataset = "tank/walvault"
             (
                 format!("{GOOD}\n[restore]\npg_bin = \"bin\"\n"),
                 "restore.pg_bin",
+            ),
+            (
+                format!("{GOOD}\n[limits]\npushes_per_tenant = 0\n"),
+                "limits.pushes_per_tenant",
+            ),
+            (
+                format!("{GOOD}\n[limits]\nidle_timeout_secs = 0\n"),
+                "limits.idle_timeout_secs",
             ),
         ];
         for (text, needle) in cases {

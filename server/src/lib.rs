@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod backup;
+pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod fault;

@@ -20,6 +20,59 @@ use crate::config::TlsFiles;
 
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Refused handshakes logged one by one per minute; the rest are counted and summed up, so an
+/// unauthenticated peer cannot flood the log.
+const REFUSALS_LOGGED_PER_MINUTE: u32 = 10;
+
+/// Counts refused handshakes per minute.
+#[derive(Debug)]
+struct Refusals {
+    window_start: std::time::Instant,
+    logged: u32,
+    suppressed: u32,
+}
+
+static REFUSALS: std::sync::Mutex<Option<Refusals>> = std::sync::Mutex::new(None);
+
+/// Whether to log this refusal; at the start of a new minute, how many were left out of the
+/// last one.
+fn note_refusal() -> (bool, u32) {
+    let mut r = REFUSALS.lock().unwrap_or_else(|p| p.into_inner());
+    let now = std::time::Instant::now();
+    let r = r.get_or_insert(Refusals {
+        window_start: now,
+        logged: 0,
+        suppressed: 0,
+    });
+    let mut left_out = 0;
+    if now.duration_since(r.window_start) >= Duration::from_secs(60) {
+        left_out = r.suppressed;
+        *r = Refusals {
+            window_start: now,
+            logged: 0,
+            suppressed: 0,
+        };
+    }
+    if r.logged < REFUSALS_LOGGED_PER_MINUTE {
+        r.logged += 1;
+        (true, left_out)
+    } else {
+        r.suppressed += 1;
+        (false, left_out)
+    }
+}
+
+fn refused(peer: SocketAddr, why: String) {
+    let (log, left_out) = note_refusal();
+    if left_out > 0 {
+        tracing::warn!(
+            "{left_out} more refused TLS connections in the last minute were not logged one by one"
+        );
+    }
+    if log {
+        tracing::warn!(%peer, "{why}");
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -130,12 +183,26 @@ async fn handshake(
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Some(tls),
         Ok(Err(e)) => {
-            tracing::warn!(%peer, "refused a TLS connection: {e}");
+            refused(peer, format!("refused a TLS connection: {e}"));
             None
         }
         Err(_) => {
-            tracing::warn!(%peer, "dropped a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}");
+            refused(
+                peer,
+                format!("dropped a TLS connection: no handshake within {HANDSHAKE_TIMEOUT:?}"),
+            );
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_logged_a_few_a_minute() {
+        let logged = (0..50).filter(|_| note_refusal().0).count();
+        assert!(logged <= REFUSALS_LOGGED_PER_MINUTE as usize, "{logged}");
     }
 }

@@ -57,4 +57,24 @@ fn archived_wal_is_byte_identical() {
         "wal-fetch of a missing file created {}",
         dest.display()
     );
+
+    // A listing piped into a reader that has gone (`head` done, here `true`, which reads
+    // nothing) ends quietly.
+    let r = walvault_tests::harness::run(
+        td.log(),
+        std::process::Command::new("bash").args([
+            "-c",
+            &format!(
+                "set -o pipefail; {} wal-list | true",
+                root.shell_command("")
+            ),
+        ]),
+        Duration::from_secs(60),
+    );
+    assert!(r.success(), "`walvault wal-list | true`: {}", r.describe());
+    assert!(
+        !r.stderr.contains("panicked") && r.stderr.trim().is_empty(),
+        "`walvault wal-list | true` complained: {}",
+        r.describe()
+    );
 }

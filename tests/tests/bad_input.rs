@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use walvault_tests::harness::{
     e2e_ready, wait_until,
     wal::{
-        archive_conf, assert_archive_matches, decode_archived, fetch, local_archive_conf, wal_list,
+        archive_conf, assert_archive_matches, decode_archived, fetch, source_segments, wal_list,
     },
     Certs, Client, ClientConfig, Pg, Storage, TestDir, Walvault,
 };
@@ -26,37 +26,6 @@ fn fetch_refused(client: &Client, args: &[&str], words: &[&str]) -> String {
     client
         .run(args)
         .assert_refused_with(i32::from(walvault_proto::RESTORE_FATAL_EXIT), words)
-}
-
-/// A PostgreSQL instance archiving into a local directory: `n` real, complete segments of one
-/// database system, oldest first. The instance is stopped afterwards.
-fn source_segments(td: &TestDir, name: &str, n: usize) -> Vec<PathBuf> {
-    let archive = td.mkdir_postgres(format!("{name}-archive"));
-    let mut pg = Pg::init(td, name, &local_archive_conf(&archive));
-    pg.start();
-    pg.psql("CREATE TABLE t (x int)");
-    let mut names = Vec::new();
-    for i in 0..n {
-        pg.psql(&format!(
-            "INSERT INTO t SELECT generate_series(1, {})",
-            1000 * (i + 1)
-        ));
-        names.push(pg.switch_wal());
-    }
-    let last = archive.join(names.last().expect("n > 0"));
-    wait_until(
-        &format!("{} in the local archive", last.display()),
-        Duration::from_secs(120),
-        || last.exists().then_some(()),
-    );
-    pg.stop();
-    names.dedup();
-    assert_eq!(
-        names.len(),
-        n,
-        "pg_switch_wal did not switch every time: {names:?}"
-    );
-    names.iter().map(|n| archive.join(n)).collect()
 }
 
 fn file_name(p: &Path) -> &str {

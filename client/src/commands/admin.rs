@@ -36,15 +36,18 @@ fn print_tenants(tenants: &[pb::Tenant], json: bool) {
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        crate::outln!("{}", serde_json::Value::Array(rows));
         return;
     }
-    println!(
+    crate::outln!(
         "{:<24} {:>12} {:>12} {:>6}",
-        "TENANT", "USED", "QUOTA", "DEDUP"
+        "TENANT",
+        "USED",
+        "QUOTA",
+        "DEDUP"
     );
     for t in tenants {
-        println!(
+        crate::outln!(
             "{:<24} {:>12} {:>12} {:>6}",
             t.name,
             human_bytes(t.used_bytes),
@@ -60,7 +63,7 @@ pub async fn whoami(config: &ClientConfig) -> Result<(), ClientError> {
         .who_am_i(pb::WhoAmIRequest {})
         .await
         .map_err(ClientError::server("ask who we are"))?;
-    println!("{}", r.into_inner().principal);
+    crate::outln!("{}", r.into_inner().principal);
     Ok(())
 }
 
@@ -80,7 +83,7 @@ pub async fn tenant_create(
         .await
         .map_err(ClientError::server(format!("create tenant {name}")))?
         .into_inner();
-    println!(
+    crate::outln!(
         "created tenant {} (quota {}, dedup {})",
         t.name,
         quota_text(t.quota_bytes),
@@ -105,7 +108,7 @@ pub async fn tenant_set_quota(
             "set the quota of tenant {name}"
         )))?
         .into_inner();
-    println!(
+    crate::outln!(
         "tenant {}: quota {}, {} used",
         t.name,
         quota_text(t.quota_bytes),
@@ -133,7 +136,7 @@ pub async fn cluster_create(config: &ClientConfig, id: &ClusterId) -> Result<(),
         })
         .await
         .map_err(ClientError::server(format!("create cluster {id}")))?;
-    println!("created cluster {id}");
+    crate::outln!("created cluster {id}");
     Ok(())
 }
 
@@ -169,10 +172,10 @@ pub async fn cluster_list(
                 })
             })
             .collect();
-        println!("{}", serde_json::Value::Array(rows));
+        crate::outln!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<36} {:>20} {:>4} {:>10} {:>10} {:>6} {:>8}  {:<23} {:>8}",
         "CLUSTER",
         "SYSTEM ID",
@@ -200,7 +203,7 @@ pub async fn cluster_list(
         } else {
             "never".into()
         };
-        println!(
+        crate::outln!(
             "{:<36} {:>20} {:>4} {:>10} {:>10} {:>6} {:>8}  {:<23} {:>8}",
             format!("{}/{}", c.tenant, c.name),
             sysid,

@@ -16,9 +16,9 @@ pub async fn run(
 ) -> Result<(), ClientError> {
     let info = backup::run(config, cluster, opts).await?;
     if json {
-        println!("{}", to_json(&info));
+        crate::outln!("{}", to_json(&info));
     } else {
-        println!(
+        crate::outln!(
             "backup {} ({}) complete: read {} in {:.1} s, sent {}, wrote {} ({} of {} files changed, {} deleted); WAL {} to {} on timeline {}",
             info.id,
             info.kind,
@@ -53,10 +53,10 @@ pub async fn list(
         .backups;
     if json {
         let rows: Vec<_> = backups.iter().map(to_json).collect();
-        println!("{}", serde_json::Value::Array(rows));
+        crate::outln!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<18} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "ID",
         "KIND",
@@ -72,7 +72,7 @@ pub async fn list(
         "SNAPSHOT"
     );
     for b in &backups {
-        println!(
+        crate::outln!(
             "{:<18} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>7.1}s {:>10} {:>10} {:>10} {:>10}",
             b.id,
             b.kind,
@@ -92,7 +92,7 @@ pub async fn list(
             human_bytes(b.snapshot_bytes),
         );
     }
-    println!("{} backups", backups.len());
+    crate::outln!("{} backups", backups.len());
     Ok(())
 }
 

@@ -139,12 +139,12 @@ pub async fn prune(
             "policy": policy_json(&r.policy),
             "decisions": decisions,
         });
-        println!("{v}");
+        crate::outln!("{v}");
         return Ok(());
     }
-    println!("{:<7} {:<40} {:<5} WHY", "KIND", "NAME", "");
+    crate::outln!("{:<7} {:<40} {:<5} WHY", "KIND", "NAME", "");
     for d in &r.decisions {
-        println!(
+        crate::outln!(
             "{:<7} {:<40} {:<5} {}",
             d.kind,
             d.name,
@@ -154,18 +154,19 @@ pub async fn prune(
     }
     let drops = r.decisions.iter().filter(|d| !d.keep).count();
     if r.executed {
-        println!(
+        crate::outln!(
             "pruned {name}: {} backups and {} WAL files destroyed",
-            r.backups_dropped, r.wal_dropped
+            r.backups_dropped,
+            r.wal_dropped
         );
     } else {
-        println!("dry run for {name}: {drops} items would be destroyed");
+        crate::outln!("dry run for {name}: {drops} items would be destroyed");
     }
     if r.resumed > 0 {
-        println!("finished an interrupted prune first ({} items)", r.resumed);
+        crate::outln!("finished an interrupted prune first ({} items)", r.resumed);
     }
     for s in &r.skipped {
-        println!("kept for now: {s}");
+        crate::outln!("kept for now: {s}");
     }
     Ok(())
 }
@@ -213,7 +214,7 @@ fn print(info: &pb::PolicyInfo, json: bool) {
             "effective": policy_json(&info.effective),
             "quota_bytes": (info.quota_bytes > 0).then_some(info.quota_bytes),
         });
-        println!("{v}");
+        crate::outln!("{v}");
         return;
     }
     let e = info.effective.unwrap_or_default();
@@ -226,10 +227,10 @@ fn print(info: &pb::PolicyInfo, json: bool) {
         }
     };
     match &cluster {
-        Some(c) => println!("policy of cluster {c} (tenant {}):", info.tenant),
-        None => println!("policy of tenant {}:", info.tenant),
+        Some(c) => crate::outln!("policy of cluster {c} (tenant {}):", info.tenant),
+        None => crate::outln!("policy of tenant {}:", info.tenant),
     }
-    println!(
+    crate::outln!(
         "  recovery window  {}{}",
         window_text(e.recovery_window_days),
         mark(o.recovery_window_days.is_some() || o.no_recovery_window)
@@ -241,14 +242,14 @@ fn print(info: &pb::PolicyInfo, json: bool) {
         ("monthly", e.keep_monthly, o.keep_monthly.is_some()),
         ("min backups", e.min_backups, o.min_backups.is_some()),
     ] {
-        println!("  {name:<16} {v}{}", mark(set));
+        crate::outln!("  {name:<16} {v}{}", mark(set));
     }
     let quota = if info.quota_bytes == 0 {
         "none".into()
     } else {
         human_bytes(info.quota_bytes)
     };
-    println!("  quota (tenant)   {quota}");
+    crate::outln!("  quota (tenant)   {quota}");
 }
 
 #[cfg(test)]

@@ -208,7 +208,7 @@ async fn instance(
             }
             Some(restore_instance_response::Part::Ready(info)) => {
                 if args.json {
-                    println!("{}", info_json(&info));
+                    crate::outln!("{}", info_json(&info));
                 } else {
                     let cluster = info
                         .cluster
@@ -219,7 +219,7 @@ async fn instance(
                     } else {
                         String::new()
                     };
-                    println!(
+                    crate::outln!(
                         "restore {} of {cluster} is {}{reached}: {}",
                         info.id,
                         if info.state == "ready" {
@@ -253,7 +253,7 @@ fn print_dir_restore(describe: &str, r: &DirRestore, json: bool) {
     let path = r.dirs.data().display().to_string();
     let duration_ms = r.elapsed.as_millis() as u64;
     if json {
-        println!(
+        crate::outln!(
             "{}",
             json!({
                 "restore_id": r.plan.restore_id,
@@ -278,7 +278,7 @@ fn print_dir_restore(describe: &str, r: &DirRestore, json: bool) {
         return;
     }
     let secs = r.elapsed.as_secs_f64().max(0.001);
-    println!(
+    crate::outln!(
         "restored {describe} from backup {} into {path}: {} files, sent {} ({} of blocks), {} \
          blocks already there; start it with: pg_ctl -D {path} start",
         r.plan.backup_id,
@@ -287,7 +287,7 @@ fn print_dir_restore(describe: &str, r: &DirRestore, json: bool) {
         human_bytes(r.done.bytes_written),
         r.done.blocks_same,
     );
-    println!(
+    crate::outln!(
         "target: {} on timeline {}{}; {} local paths deleted; {:.1} s ({}/s written)",
         r.plan.target,
         r.plan.timeline,
@@ -297,10 +297,10 @@ fn print_dir_restore(describe: &str, r: &DirRestore, json: bool) {
         human_bytes((r.done.bytes_written as f64 / secs) as u64),
     );
     for (oid, dir) in r.dirs.tablespaces() {
-        println!("tablespace {oid} is at {}", dir.display());
+        crate::outln!("tablespace {oid} is at {}", dir.display());
     }
     if !r.standby {
-        println!("{}", reach_text(&r.plan));
+        crate::outln!("{}", reach_text(&r.plan));
     }
 }
 
@@ -355,7 +355,7 @@ fn print_plan(
                 })
             })
             .collect();
-        println!(
+        crate::outln!(
             "{}",
             json!({
                 "restore_id": plan.restore_id,
@@ -379,8 +379,8 @@ fn print_plan(
         );
         return Ok(());
     }
-    println!("restore of {describe} (dry run: nothing was done)");
-    println!(
+    crate::outln!("restore of {describe} (dry run: nothing was done)");
+    crate::outln!(
         "  backup    {} (PostgreSQL {}, timeline {}, stop LSN {}, consistent at {})",
         plan.backup_id,
         plan.pg_major,
@@ -388,10 +388,10 @@ fn print_plan(
         Lsn(plan.backup_stop_lsn),
         time_or_dash(plan.backup_consistent_micros)
     );
-    println!("  target    {} on timeline {}", plan.target, plan.timeline);
-    println!("  replay    about {} of WAL", human_bytes(plan.wal_bytes));
-    println!("  reach     {}", reach_text(plan));
-    println!(
+    crate::outln!("  target    {} on timeline {}", plan.target, plan.timeline);
+    crate::outln!("  replay    about {} of WAL", human_bytes(plan.wal_bytes));
+    crate::outln!("  reach     {}", reach_text(plan));
+    crate::outln!(
         "  size      {} in {} files",
         human_bytes(plan.bytes_total),
         plan.files_total
@@ -403,12 +403,12 @@ fn print_plan(
             format!(" (was {})", a.location)
         };
         match dir_of(&a.area) {
-            Some(d) => println!("  {:<9} {d}{from}", a.area),
-            None => println!("  {:<9}{from}", a.area),
+            Some(d) => crate::outln!("  {:<9} {d}{from}", a.area),
+            None => crate::outln!("  {:<9}{from}", a.area),
         }
     }
     for (name, value) in &settings {
-        println!("  setting   {name} = '{}'", value.replace('\'', "''"));
+        crate::outln!("  setting   {name} = '{}'", value.replace('\'', "''"));
     }
     Ok(())
 }
@@ -449,10 +449,10 @@ pub async fn window(
         .timelines;
     if json {
         let rows: Vec<Value> = timelines.iter().map(window_json).collect();
-        println!("{}", Value::Array(rows));
+        crate::outln!("{}", Value::Array(rows));
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:>3} {:>6} {:>12} {:<18} {:<42} {:<42} {:>12} {:>7} {:>8}",
         "TL",
         "PARENT",
@@ -479,7 +479,7 @@ pub async fn window(
                 format!("{} {}", Lsn(lsn), time_or_dash(micros))
             }
         };
-        println!(
+        crate::outln!(
             "{:>3} {:>6} {:>12} {:<18} {:<42} {:<42} {:>12} {:>7} {:>8}",
             t.timeline,
             if t.parent == 0 {
@@ -501,7 +501,7 @@ pub async fn window(
         );
         if t.spans.len() > 1 {
             for s in &t.spans {
-                println!(
+                crate::outln!(
                     "    restorable from {} to {}{}",
                     point(s.from_lsn, s.from_micros),
                     point(s.last_commit_lsn, s.last_commit_micros),
@@ -514,17 +514,18 @@ pub async fn window(
             }
         }
         for h in &t.holes {
-            println!("    {}", super::wal_list::hole_line(h));
+            crate::outln!("    {}", super::wal_list::hole_line(h));
         }
         for u in &t.unreadable {
-            println!(
+            crate::outln!(
                 "    UNREADABLE {}: {} (its commits are unknown to the planner)",
-                u.name, u.reason
+                u.name,
+                u.reason
             );
         }
     }
     if timelines.is_empty() {
-        println!("nothing to restore yet: no backup with its WAL archived");
+        crate::outln!("nothing to restore yet: no backup with its WAL archived");
     }
     Ok(())
 }
@@ -610,10 +611,10 @@ pub async fn list(
         .restores;
     if json {
         let rows: Vec<Value> = restores.iter().map(info_json).collect();
-        println!("{}", Value::Array(rows));
+        crate::outln!("{}", Value::Array(rows));
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<22} {:<24} {:<9} {:<11} {:<18} {:<38} {:<56} {:<23} {:>10}",
         "ID",
         "CLUSTER",
@@ -635,7 +636,7 @@ pub async fn list(
         } else {
             r.conninfo.clone()
         };
-        println!(
+        crate::outln!(
             "{:<22} {:<24} {:<9} {:<11} {:<18} {:<38} {:<56} {:<23} {:>10}",
             r.id,
             cluster_name(r.cluster.as_ref()),
@@ -648,10 +649,10 @@ pub async fn list(
             human_bytes(r.clone_bytes),
         );
         if !r.detail.is_empty() {
-            println!("    {}", r.detail);
+            crate::outln!("    {}", r.detail);
         }
     }
-    println!("{} restores", restores.len());
+    crate::outln!("{} restores", restores.len());
     Ok(())
 }
 
@@ -663,9 +664,9 @@ pub async fn drop(config: &ClientConfig, id: &str, json: bool) -> Result<(), Cli
         .map_err(ClientError::server(format!("drop restore {id}")))?
         .into_inner();
     if json {
-        println!("{}", info_json(&info));
+        crate::outln!("{}", info_json(&info));
     } else {
-        println!(
+        crate::outln!(
             "dropped restore {} of {} ({})",
             info.id,
             cluster_name(info.cluster.as_ref()),

@@ -69,7 +69,7 @@ pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<
     }
     let problems: usize = reports.iter().map(|r| r.problems.len()).sum();
     if json {
-        println!(
+        crate::outln!(
             "{}",
             Value::Array(reports.iter().map(report_json).collect())
         );
@@ -79,9 +79,9 @@ pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<
             n => format!("{n} clusters"),
         };
         match problems {
-            0 => println!("verified {clusters}: no problem found"),
-            1 => println!("verified {clusters}: 1 problem found"),
-            n => println!("verified {clusters}: {n} problems found"),
+            0 => crate::outln!("verified {clusters}: no problem found"),
+            1 => crate::outln!("verified {clusters}: 1 problem found"),
+            n => crate::outln!("verified {clusters}: {n} problems found"),
         }
     }
     Ok(problems == 0)
@@ -94,7 +94,7 @@ fn cluster_name(r: &pb::ClusterVerification) -> String {
 }
 
 fn print_report(r: &pb::ClusterVerification) {
-    println!(
+    crate::outln!(
         "{}: {} files ({}) and {} backups checked in {:.1} s at {}{}: {}",
         cluster_name(r),
         r.files_checked,
@@ -114,7 +114,7 @@ fn print_report(r: &pb::ClusterVerification) {
         }
     );
     for p in &r.problems {
-        println!("  {:<10} {}: {}", p.kind.to_uppercase(), p.name, p.detail);
+        crate::outln!("  {:<10} {}: {}", p.kind.to_uppercase(), p.name, p.detail);
     }
 }
 

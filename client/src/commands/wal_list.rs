@@ -37,18 +37,22 @@ pub async fn run(
             })
             .collect();
         let timelines: Vec<_> = listing.timelines.iter().map(timeline_json).collect();
-        println!("{}", json!({ "files": files, "timelines": timelines }));
+        crate::outln!("{}", json!({ "files": files, "timelines": timelines }));
         return Ok(());
     }
-    println!(
+    crate::outln!(
         "{:<40} {:>10} {:>10} {:>6}  {:<23}",
-        "NAME", "SIZE", "STORED", "RATIO", "ARCHIVED"
+        "NAME",
+        "SIZE",
+        "STORED",
+        "RATIO",
+        "ARCHIVED"
     );
     let (mut size, mut stored) = (0u64, 0u64);
     for f in &listing.files {
         size += f.size;
         stored += f.stored_size;
-        println!(
+        crate::outln!(
             "{:<40} {:>10} {:>10} {:>5.1}x  {:<23}",
             f.name,
             human_bytes(f.size),
@@ -57,7 +61,7 @@ pub async fn run(
             utc_time(f.archived_at_unix),
         );
     }
-    println!(
+    crate::outln!(
         "{} files, {} of WAL stored in {}",
         listing.files.len(),
         human_bytes(size),
@@ -71,7 +75,7 @@ pub async fn run(
 
 fn print_timeline(t: &pb::TimelineLedger) {
     let holes = t.holes.iter().filter(|h| h.cause != "pruned").count();
-    println!(
+    crate::outln!(
         "timeline {}: {} stretches, {}",
         t.timeline,
         t.stretches.len(),
@@ -94,7 +98,7 @@ fn print_timeline(t: &pb::TimelineLedger) {
     }
     rows.sort_by(|a, b| a.0[8..].cmp(&b.0[8..]));
     for (_, line) in rows {
-        println!("{line}");
+        crate::outln!("{line}");
     }
 }
 

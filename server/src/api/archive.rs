@@ -6,14 +6,15 @@ use futures::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::Instrument;
 use walvault_proto::pb::{self, fetch_wal_response, push_wal_request};
-use walvault_proto::{WalFileKind, WalFileName, CHUNK_SIZE, MAX_WAL_FILE_SIZE};
+use walvault_proto::{WalFileKind, WalFileName, CHUNK_SIZE};
 
-use super::{blocking, cluster_ref, principal, status, Domain};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::{blocking, cluster_ref, next_message, over_budget, principal, status, Domain};
+use crate::budget::Work;
 use crate::wal::ledger::{Hole, HoleCause};
-use crate::wal::{IncomingWal, PushOutcome};
-
-/// A compressed stream may be a little larger than its content.
-const MAX_PAYLOAD: u64 = MAX_WAL_FILE_SIZE + (1 << 20);
+use crate::wal::{Begun, PushHeader, PushOutcome};
 
 #[derive(Debug)]
 pub struct ArchiveApi {
@@ -60,8 +61,9 @@ impl pb::archive_server::Archive for ArchiveApi {
         request: Request<Streaming<pb::PushWalRequest>>,
     ) -> Result<Response<pb::PushWalResponse>, Status> {
         let who = principal(&request)?;
+        let idle = self.domain.budget.limits().idle_timeout;
         let mut stream = request.into_inner();
-        let header = match stream.message().await? {
+        let header = match next_message(&mut stream, idle).await? {
             Some(pb::PushWalRequest {
                 part: Some(push_wal_request::Part::Header(h)),
             }) => h,
@@ -72,6 +74,11 @@ impl pb::archive_server::Archive for ArchiveApi {
             .resolve_cluster(cluster_ref(header.cluster)?)
             .map_err(status::auth)?;
         who.may_push(&cluster).map_err(status::auth)?;
+        let _permit = self
+            .domain
+            .budget
+            .take(Work::Push, &cluster)
+            .map_err(over_budget)?;
         let span = tracing::info_span!("push_wal", %cluster, %name);
         async move {
             let blake3: [u8; 32] = header
@@ -84,44 +91,47 @@ impl pb::archive_server::Archive for ArchiveApi {
                 Ok(pb::Compression::None) => false,
                 Err(_) => return Err(Status::invalid_argument("unknown compression")),
             };
-            let mut payload = Vec::with_capacity(header.size.min(MAX_WAL_FILE_SIZE) as usize);
-            while let Some(msg) = stream.message().await? {
-                match msg.part {
-                    Some(push_wal_request::Part::Chunk(c)) => {
-                        if payload.len() as u64 + c.len() as u64 > MAX_PAYLOAD {
-                            return Err(Status::invalid_argument(format!(
-                                "{name} is larger than any WAL file can be"
-                            )));
-                        }
-                        payload.extend_from_slice(&c);
-                    }
-                    _ => {
-                        return Err(Status::invalid_argument(
-                            "only chunks may follow the header",
-                        ))
-                    }
-                }
-            }
-            let incoming = IncomingWal {
-                name,
+            let archive = self.domain.archive.clone();
+            let c = cluster.clone();
+            let head = PushHeader {
+                name: name.clone(),
                 size: header.size,
                 blake3,
                 zstd,
-                payload,
             };
-            let archive = self.domain.archive.clone();
-            let pushed = incoming.name.clone();
-            let c = cluster.clone();
-            let outcome =
-                blocking(move || archive.push(&c, incoming).map_err(status::archive)).await?;
+            let begun =
+                blocking(move || archive.begin_push(&c, head).map_err(status::archive)).await?;
+            let mut push = match begun {
+                Begun::AlreadyArchived => {
+                    return Ok(Response::new(pb::PushWalResponse {
+                        already_archived: true,
+                    }))
+                }
+                Begun::Receiving(p) => p,
+            };
+            // Each piece goes to disk as it arrives; the push is held across the awaits, the
+            // piece only until it is written.
+            while let Some(msg) = next_message(&mut stream, idle).await? {
+                let Some(push_wal_request::Part::Chunk(c)) = msg.part else {
+                    return Err(Status::invalid_argument(
+                        "only chunks may follow the header",
+                    ));
+                };
+                push = blocking(move || {
+                    push.write(&c).map_err(status::archive)?;
+                    Ok(push)
+                })
+                .await?;
+            }
+            let outcome = blocking(move || push.finish().map_err(status::archive)).await?;
             // Index the new segment's records in the background: PostgreSQL should not wait
             // for it, and a planner finds any segment left unindexed anyway.
             let new_content = matches!(outcome, PushOutcome::Archived | PushOutcome::Repaired);
-            if new_content && pushed.kind() == WalFileKind::Segment {
+            if new_content && name.kind() == WalFileKind::Segment {
                 let index = self.domain.restores.time_index().clone();
                 tokio::task::spawn_blocking(move || {
-                    if let Err(e) = index.index_one(&cluster, &pushed) {
-                        tracing::warn!(cluster = %cluster, file = %pushed, "time index: {e}");
+                    if let Err(e) = index.index_one(&cluster, &name) {
+                        tracing::warn!(cluster = %cluster, file = %name, "time index: {e}");
                     }
                 });
             }
@@ -146,6 +156,11 @@ impl pb::archive_server::Archive for ArchiveApi {
             .resolve_cluster(cluster_ref(req.cluster)?)
             .map_err(status::auth)?;
         who.may_read(&cluster).map_err(status::auth)?;
+        let permit = self
+            .domain
+            .budget
+            .take(Work::Fetch, &cluster)
+            .map_err(over_budget)?;
         let archive = self.domain.archive.clone();
         let fetched =
             blocking(move || archive.fetch(&cluster, &name).map_err(status::archive)).await?;
@@ -156,17 +171,27 @@ impl pb::archive_server::Archive for ArchiveApi {
                 compression: pb::Compression::Zstd as i32,
             })),
         };
-        let chunks: Vec<_> = fetched
-            .zstd
-            .chunks(CHUNK_SIZE)
-            .map(|c| {
-                Ok(pb::FetchWalResponse {
+        // Sent piece by piece, each within the idle limit: a client that stops reading lets
+        // go of the file (and of its permit) instead of holding it for as long as it likes.
+        let idle = self.domain.budget.limits().idle_timeout;
+        let (tx, rx) = mpsc::channel(2);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let chunks = fetched
+                .zstd
+                .chunks(CHUNK_SIZE)
+                .map(|c| pb::FetchWalResponse {
                     part: Some(fetch_wal_response::Part::Chunk(c.to_vec())),
-                })
-            })
-            .collect();
-        let all = std::iter::once(Ok(header)).chain(chunks);
-        Ok(Response::new(Box::pin(tokio_stream::iter(all))))
+                });
+            for msg in std::iter::once(header).chain(chunks) {
+                match tokio::time::timeout(idle, tx.send(Ok(msg))).await {
+                    Ok(Ok(())) => {}
+                    // Gone, or not reading: the client's check of size and blake3 fails.
+                    _ => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn list_wal(

@@ -14,8 +14,13 @@ use walvault_proto::manifest::{BlockHash, HASHES_PER_ENTRY};
 use walvault_proto::pb::{self, backup_request, backup_response};
 use walvault_proto::{Area, Lsn, RelPath, TimelineId};
 
-use super::{blocking, cluster_ref, principal, status, Domain};
+use std::time::Duration;
+
+use super::{
+    blocking, cluster_ref, next_message, one_line, over_budget, principal, status, Domain,
+};
 use crate::backup::{BackupView, BeginRequest, FinishRequest, IncomingBlock, Session};
+use crate::budget::Work;
 use crate::catalog::{BackupRecord, ClusterBinding};
 
 #[derive(Debug)]
@@ -97,19 +102,36 @@ pub(super) fn info(v: &BackupView) -> pb::BackupInfo {
     }
 }
 
-/// Sends the manifest, splitting long hash lists; stops quietly when the client is gone.
+/// Sends a message from a blocking thread, waiting at most `idle` for the client to take it:
+/// false when it is gone or does not read.
+fn send_within(
+    rt: &tokio::runtime::Handle,
+    tx: &Tx,
+    msg: Result<pb::BackupResponse, Status>,
+    idle: Duration,
+) -> bool {
+    matches!(
+        rt.block_on(tokio::time::timeout(idle, tx.send(msg))),
+        Ok(Ok(()))
+    )
+}
+
+/// Sends the manifest, splitting long hash lists; stops quietly when the client is gone or
+/// stops reading.
 fn send_manifest(
     session_manifest: impl Iterator<
         Item = Result<crate::backup::ManifestItem, crate::backup::BackupError>,
     >,
     tx: &Tx,
+    rt: &tokio::runtime::Handle,
+    idle: Duration,
 ) {
     let mut entries = 0u64;
     for item in session_manifest {
         let item = match item {
             Ok(i) => i,
             Err(e) => {
-                let _ = tx.blocking_send(Err(status::backup(e)));
+                let _ = send_within(rt, tx, Err(status::backup(e)), idle);
                 return;
             }
         };
@@ -127,10 +149,12 @@ fn send_manifest(
                 first_block: first as u64,
                 hashes: hashes[first..end].concat(),
             };
-            if tx
-                .blocking_send(Ok(response(backup_response::Part::Entry(entry))))
-                .is_err()
-            {
+            if !send_within(
+                rt,
+                tx,
+                Ok(response(backup_response::Part::Entry(entry))),
+                idle,
+            ) {
                 return;
             }
             first = end;
@@ -139,9 +163,14 @@ fn send_manifest(
             }
         }
     }
-    let _ = tx.blocking_send(Ok(response(backup_response::Part::ManifestEnd(
-        pb::ManifestEnd { entries },
-    ))));
+    let _ = send_within(
+        rt,
+        tx,
+        Ok(response(backup_response::Part::ManifestEnd(
+            pb::ManifestEnd { entries },
+        ))),
+        idle,
+    );
 }
 
 /// Applies the client's messages until it finishes; returns the finished backup, or `None`
@@ -150,14 +179,28 @@ fn apply(
     mut session: Session,
     inbound: &mut Streaming<pb::BackupRequest>,
     rt: &tokio::runtime::Handle,
+    idle: Duration,
+    max: Duration,
 ) -> Result<Option<BackupView>, Status> {
     use backup_request::Part;
+    let began = std::time::Instant::now();
     loop {
-        let msg = match rt.block_on(inbound.message()) {
+        if began.elapsed() > max {
+            tracing::warn!(cluster = %session.cluster(), backup = session.id(), "the backup ran longer than limits.stream_max_secs; abandoned");
+            return Err(Status::deadline_exceeded(format!(
+                "the backup ran longer than {} s (limits.stream_max_secs); abandoned",
+                max.as_secs()
+            )));
+        }
+        let msg = match rt.block_on(next_message(inbound, idle)) {
             Ok(Some(m)) => m,
             Ok(None) => {
                 tracing::warn!(cluster = %session.cluster(), backup = session.id(), "the client ended the stream before finishing; backup abandoned");
                 return Ok(None);
+            }
+            Err(e) if e.code() == tonic::Code::DeadlineExceeded => {
+                tracing::warn!(cluster = %session.cluster(), backup = session.id(), "{}; backup abandoned", e.message());
+                return Err(e);
             }
             Err(e) => {
                 tracing::warn!(cluster = %session.cluster(), backup = session.id(), "the client went away ({}); backup abandoned", e.message());
@@ -223,6 +266,7 @@ fn apply(
                     snapshot_bytes: 0,
                 }));
             }
+            Some(Part::Progress(p)) => session.progress(p.bytes_read, p.files),
             Some(Part::Begin(_)) => return Err(invalid("begin may only come first")),
             None => return Err(invalid("an empty message")),
         }
@@ -238,8 +282,10 @@ impl pb::backup_server::Backup for BackupApi {
         request: Request<Streaming<pb::BackupRequest>>,
     ) -> Result<Response<Self::RunBackupStream>, Status> {
         let who = principal(&request)?;
+        let idle = self.domain.budget.limits().idle_timeout;
+        let stream_max = self.domain.budget.limits().stream_max;
         let mut inbound = request.into_inner();
-        let begin = match inbound.message().await? {
+        let begin = match next_message(&mut inbound, idle).await? {
             Some(pb::BackupRequest {
                 part: Some(backup_request::Part::Begin(b)),
             }) => b,
@@ -249,12 +295,17 @@ impl pb::backup_server::Backup for BackupApi {
             .resolve_cluster(cluster_ref(begin.cluster.clone())?)
             .map_err(status::auth)?;
         who.may_back_up(&cluster).map_err(status::auth)?;
+        let permit = self
+            .domain
+            .budget
+            .take(Work::Backup, &cluster)
+            .map_err(over_budget)?;
         let req = BeginRequest {
             binding: binding(&begin)?,
             cluster: cluster.clone(),
-            label: begin.label.chars().take(1024).collect(),
+            label: one_line(&begin.label, 1024),
             tablespaces: begin.tablespaces.clone(),
-            host: begin.host.chars().take(255).collect(),
+            host: one_line(&begin.host, 255),
         };
         let backups = self.domain.backups.clone();
         let session = blocking(move || backups.begin(req).map_err(status::backup)).await?;
@@ -263,6 +314,7 @@ impl pb::backup_server::Backup for BackupApi {
         let accepted = pb::BackupAccepted {
             backup_id: session.id().to_owned(),
             block_size: session.block_size(),
+            idle_timeout_secs: idle.as_secs().min(u64::from(u32::MAX)) as u32,
         };
         tx.send(Ok(response(backup_response::Part::Accepted(accepted))))
             .await
@@ -270,13 +322,17 @@ impl pb::backup_server::Backup for BackupApi {
 
         let manifest = session.manifest();
         let manifest_tx = tx.clone();
-        tokio::task::spawn_blocking(move || send_manifest(manifest, &manifest_tx));
-
         let rt = tokio::runtime::Handle::current();
+        let manifest_rt = rt.clone();
+        tokio::task::spawn_blocking(move || {
+            send_manifest(manifest, &manifest_tx, &manifest_rt, idle)
+        });
+
         let span = tracing::info_span!("backup", %cluster, backup = session.id());
         tokio::task::spawn_blocking(move || {
             let _enter = span.enter();
-            match apply(session, &mut inbound, &rt) {
+            let _permit = permit;
+            match apply(session, &mut inbound, &rt, idle, stream_max) {
                 Ok(Some(view)) => {
                     let _ = tx
                         .blocking_send(Ok(response(backup_response::Part::Finished(info(&view)))));

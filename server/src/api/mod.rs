@@ -11,11 +11,12 @@ mod status;
 
 use std::sync::Arc;
 
-use tonic::{Request, Status};
+use tonic::{Request, Status, Streaming};
 use walvault_proto::pb;
 
 use crate::auth::Principal;
 use crate::backup::Backups;
+use crate::budget::Budget;
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::restore::Restores;
@@ -42,6 +43,8 @@ pub struct Domain {
     pub policies: Policies,
     pub pruner: Pruner,
     pub verifier: Verifier,
+    /// How much work may run at once, per cluster, tenant and server.
+    pub budget: Budget,
 }
 
 impl Domain {
@@ -53,6 +56,7 @@ impl Domain {
             archive.clone(),
             &config.pg_user,
             config.backup_wal_wait,
+            &config.limits,
         );
         let restores = Restores::new(
             storage.clone(),
@@ -60,6 +64,7 @@ impl Domain {
             archive.clone(),
             config.restore.clone(),
             &config.pg_user,
+            config.limits.clones_per_tenant,
         );
         let policies = Policies::new(storage.clone(), catalog.clone());
         let pruner = Pruner::new(
@@ -83,6 +88,7 @@ impl Domain {
             policies,
             pruner,
             verifier,
+            budget: Budget::new(config.limits.clone()),
             tenancy: Tenancy::new(storage, catalog),
         }
     }
@@ -114,6 +120,37 @@ fn cluster_ref(r: Option<pb::ClusterRef>) -> Result<Option<walvault_proto::Clust
                 .map_err(|e| Status::invalid_argument(format!("{e}")))
         }
     }
+}
+
+/// The next message of a client's stream, or the stream cut off when nothing arrives within
+/// `idle` (limits.idle_timeout_secs): a peer that stops sending holds nothing for long.
+async fn next_message<T>(
+    stream: &mut Streaming<T>,
+    idle: std::time::Duration,
+) -> Result<Option<T>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the client sent nothing for {} s (limits.idle_timeout_secs); cut off",
+            idle.as_secs()
+        ))),
+    }
+}
+
+/// A free-text field a client sends for the listings (a host, a path, a label): control
+/// characters (line breaks among them) become spaces and it is cut to `max` characters, so
+/// it can never break a table or a log line.
+fn one_line(s: &str, max: usize) -> String {
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+/// A refusal by the budget: retryable, and says which limit.
+fn over_budget(e: crate::budget::BudgetError) -> Status {
+    tracing::warn!("refused: {e}");
+    Status::unavailable(e.to_string())
 }
 
 /// Runs blocking domain code off the async workers.

@@ -2,7 +2,6 @@
 //! instances on the server, and their listing.
 
 use std::pin::Pin;
-use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -12,13 +11,15 @@ use walvault_proto::manifest::split_hashes;
 use walvault_proto::pb::{self, restore_dir_request, restore_dir_response, restore_target};
 use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId};
 
-use super::{blocking, cluster_ref, principal, status, Domain};
+use super::{
+    blocking, cluster_ref, next_message, one_line, over_budget, principal, status, Domain,
+};
+use crate::budget::Work;
 use crate::restore::deliver::{self, Item, LocalFile, LocalManifest};
 use crate::restore::{instance, Action, Planned, RestoreSpec, RestoreView, TargetSpec, Window};
 
-/// How long a client may take to send its first message or its local manifest.
-const CLIENT_WAIT: Duration = Duration::from_secs(600);
-/// Bound on the local manifest a delta restore sends (files and directories).
+/// Bound on the local manifest a delta restore sends (files and directories); its bytes are
+/// bounded by limits.max_local_manifest_bytes.
 const MAX_LOCAL_ENTRIES: usize = 20_000_000;
 
 #[derive(Debug)]
@@ -206,17 +207,20 @@ fn dir_msg(part: restore_dir_response::Part) -> pb::RestoreDirResponse {
     pb::RestoreDirResponse { part: Some(part) }
 }
 
-/// The client's manifest of what the target directory holds, until `local_end`.
+/// The client's manifest of what the target directory holds, until `local_end`: at most
+/// [`MAX_LOCAL_ENTRIES`] entries, `max_bytes` of hashes, and no file longer than a backup may
+/// send.
 async fn receive_local(
     inbound: &mut Streaming<pb::RestoreDirRequest>,
+    limits: &crate::config::Limits,
 ) -> Result<LocalManifest, Status> {
     let mut local = LocalManifest::new();
+    let mut bytes = 0u64;
+    let max_hashes = limits
+        .max_file_bytes
+        .div_ceil(u64::from(walvault_proto::BLOCK_SIZE));
     loop {
-        let msg = tokio::time::timeout(CLIENT_WAIT, inbound.message())
-            .await
-            .map_err(|_| {
-                Status::deadline_exceeded("the client sent no local manifest in time")
-            })??;
+        let msg = next_message(inbound, limits.idle_timeout).await?;
         match msg.and_then(|m| m.part) {
             Some(restore_dir_request::Part::Local(e)) => {
                 let area = e.area.parse::<Area>().map_err(|x| invalid(x.to_string()))?;
@@ -224,6 +228,13 @@ async fn receive_local(
                     .path
                     .parse::<RelPath>()
                     .map_err(|x| invalid(x.to_string()))?;
+                bytes += e.hashes.len() as u64 + e.path.len() as u64;
+                if bytes > limits.max_local_manifest_bytes {
+                    return Err(invalid(format!(
+                        "the local manifest passes {} bytes (limits.max_local_manifest_bytes)",
+                        limits.max_local_manifest_bytes
+                    )));
+                }
                 let hashes = split_hashes(&e.hashes).ok_or_else(|| {
                     invalid(format!("{area}/{path}: hashes are not 32-byte values"))
                 })?;
@@ -242,6 +253,13 @@ async fn receive_local(
                     )));
                 }
                 entry.hashes.extend(hashes);
+                if entry.hashes.len() as u64 > max_hashes {
+                    return Err(invalid(format!(
+                        "{}/{}: more blocks than a file may have ({} bytes, \
+                         limits.max_file_bytes)",
+                        e.area, e.path, limits.max_file_bytes
+                    )));
+                }
                 if local.len() > MAX_LOCAL_ENTRIES {
                     return Err(invalid("the local manifest has too many entries"));
                 }
@@ -261,17 +279,20 @@ impl RestoreApi {
         mut inbound: Streaming<pb::RestoreDirRequest>,
         tx: DirTx,
     ) -> Result<(), Status> {
-        let first = tokio::time::timeout(CLIENT_WAIT, inbound.message())
-            .await
-            .map_err(|_| Status::deadline_exceeded("the client sent nothing"))??;
+        let limits = domain.budget.limits().clone();
+        let first = next_message(&mut inbound, limits.idle_timeout).await?;
         let Some(restore_dir_request::Part::Start(start)) = first.and_then(|m| m.part) else {
             return Err(invalid("a directory restore begins with start"));
         };
         let request = start.request.ok_or_else(|| invalid("start: no request"))?;
         let spec = spec(&p, request)?;
         p.may_restore_to_dir(&spec.cluster).map_err(status::auth)?;
+        let _permit = domain
+            .budget
+            .take(Work::Restore, &spec.cluster)
+            .map_err(over_budget)?;
         let restores = domain.restores.clone();
-        let (host, path) = (start.host, start.path);
+        let (host, path) = (one_line(&start.host, 255), one_line(&start.path, 4096));
         let (planned, clone, entries, areas) = blocking(move || {
             let planned = restores.plan(&spec).map_err(status::restore)?;
             let clone = restores
@@ -309,13 +330,34 @@ impl RestoreApi {
             {
                 return Ok(());
             }
-            let local = receive_local(&mut inbound).await?;
+            let local = receive_local(&mut inbound, &limits).await?;
             let tx2 = tx.clone();
+            let rt = tokio::runtime::Handle::current();
+            let idle = limits.idle_timeout;
+            let max = limits.stream_max;
+            let began = std::time::Instant::now();
             let stats = blocking(move || {
-                deliver::send(&entries, &local, &mut |item| {
-                    tx2.blocking_send(Ok(dir_msg(item_pb(item)))).is_ok()
+                // A client that stops reading is cut off after the idle limit, and any after
+                // the longest a stream may last: the clone, the thread and the permit are
+                // released.
+                let mut stalled = false;
+                let r = deliver::send(&entries, &local, &mut |item| {
+                    if began.elapsed() > max {
+                        tracing::warn!("a directory restore ran longer than limits.stream_max_secs; cut off");
+                        return false;
+                    }
+                    let sent = rt.block_on(tokio::time::timeout(
+                        idle,
+                        tx2.send(Ok(dir_msg(item_pb(item)))),
+                    ));
+                    stalled = sent.is_err();
+                    matches!(sent, Ok(Ok(())))
                 })
-                .map_err(status::restore)
+                .map_err(status::restore);
+                if stalled {
+                    tracing::warn!("a directory restore's client read nothing for {} s (limits.idle_timeout_secs); cut off", idle.as_secs());
+                }
+                r
             })
             .await?;
             if let Some(s) = stats {
@@ -430,6 +472,11 @@ impl pb::restore_server::Restore for RestoreApi {
         let p = principal(&req)?;
         let spec = spec(&p, req.into_inner())?;
         p.may_run_instances(&spec.cluster).map_err(status::auth)?;
+        let permit = self
+            .domain
+            .budget
+            .take(Work::Restore, &spec.cluster)
+            .map_err(over_budget)?;
         let restores = self.domain.restores.clone();
         let planned = {
             let restores = restores.clone();
@@ -440,15 +487,22 @@ impl pb::restore_server::Restore for RestoreApi {
         let _ = tx
             .send(msg(Part::Planned(plan_pb(&planned, Vec::new(), 0, 0))))
             .await;
+        let rt = tokio::runtime::Handle::current();
+        let idle = self.domain.budget.limits().idle_timeout;
         tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut progress = |line: &str| {
-                let _ = tx.blocking_send(msg(Part::Progress(line.to_owned())));
+                let _ = tx.try_send(msg(Part::Progress(line.to_owned())));
             };
-            let result = instance::start(&restores, &planned, &mut progress);
-            let _ = tx.blocking_send(match result {
+            // Work started for a request stops when the request goes away.
+            let gone = tx.clone();
+            let cancelled = move || gone.is_closed();
+            let result = instance::start(&restores, &planned, &mut progress, &cancelled);
+            let last = match result {
                 Ok(v) => msg(Part::Ready(info(&v))),
                 Err(e) => Err(status::restore(e)),
-            });
+            };
+            let _ = rt.block_on(tokio::time::timeout(idle, tx.send(last)));
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

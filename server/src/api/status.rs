@@ -66,6 +66,7 @@ pub fn archive(e: ArchiveError) -> Status {
         // The archive logged it (at ERROR when it first found it).
         E::Corrupt { .. } => Status::data_loss(msg),
         E::SizeMismatch { .. }
+        | E::TooLarge { .. }
         | E::Undecodable { .. }
         | E::ChecksumMismatch { .. }
         | E::BadSegment { .. }
@@ -100,9 +101,11 @@ pub fn backup(e: BackupError) -> Status {
         E::SystemIdentifierMismatch { .. } | E::BindingMismatch { .. } => {
             refuse(Code::FailedPrecondition, msg)
         }
-        E::Protocol { .. } | E::BlockChecksumMismatch { .. } => refuse(Code::InvalidArgument, msg),
+        E::Protocol { .. } | E::BlockChecksumMismatch { .. } | E::TooManyTablespaces { .. } => {
+            refuse(Code::InvalidArgument, msg)
+        }
         E::WalMissing { .. } => refuse(Code::DeadlineExceeded, msg),
-        E::QuotaExceeded { .. } => refuse(Code::ResourceExhausted, msg),
+        E::QuotaExceeded { .. } | E::StorageFull { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(*a),
         E::Catalog(c) => catalog(msg, &c),
         E::Io { .. } | E::Storage { .. } | E::Reconcile { .. } => fail(msg),
@@ -116,7 +119,7 @@ pub fn restore(e: RestoreError) -> Status {
         E::ClusterNotFound(_) | E::NotFound(_) => refuse(Code::NotFound, msg),
         E::Plan { .. } | E::UnknownXid { .. } => refuse(Code::FailedPrecondition, msg),
         E::Invalid(_) => refuse(Code::InvalidArgument, msg),
-        E::NoPort { .. } => refuse(Code::ResourceExhausted, msg),
+        E::NoPort { .. } | E::TooManyClones { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(a),
         E::Catalog(c) => catalog(msg, &c),
         E::Instance { .. } | E::Index(_) | E::Storage { .. } | E::Io { .. } => fail(msg),

@@ -66,6 +66,16 @@ pub enum BackupError {
         expected: u64,
         actual: u64,
     },
+    #[error(
+        "{cluster}: the backup announces {announced} tablespaces, more than \
+         limits.max_tablespaces ({limit}); raise it in the server's configuration if the \
+         database really has that many"
+    )]
+    TooManyTablespaces {
+        cluster: ClusterId,
+        announced: usize,
+        limit: u32,
+    },
     #[error("{cluster}: backup {backup}: {detail}")]
     Protocol {
         cluster: ClusterId,
@@ -107,7 +117,17 @@ pub enum BackupError {
         cluster: ClusterId,
         backup: String,
     },
-    #[error("{cluster}: backup {backup}: {context}: {source}")]
+    #[error(
+        "{cluster}: the pool is full while {}{context}; make room in the pool (zpool list) or \
+         prune old backups",
+        backup_prefix(backup)
+    )]
+    StorageFull {
+        cluster: ClusterId,
+        backup: String,
+        context: String,
+    },
+    #[error("{cluster}: {}{context}: {source}", backup_prefix(backup))]
     Io {
         cluster: ClusterId,
         backup: String,
@@ -132,6 +152,15 @@ pub enum BackupError {
     Archive(Box<ArchiveError>),
     #[error(transparent)]
     Catalog(#[from] CatalogError),
+}
+
+/// "backup <id>: " in messages, nothing before a session has an id.
+fn backup_prefix(backup: &str) -> String {
+    if backup.is_empty() {
+        String::new()
+    } else {
+        format!("backup {backup}: ")
+    }
 }
 
 impl From<ArchiveError> for BackupError {
@@ -199,6 +228,9 @@ pub struct Backups {
     archive: WalArchive,
     owner: Option<Owner>,
     wal_wait: Duration,
+    /// Tablespaces a backup may announce, and the largest file it may send.
+    max_tablespaces: u32,
+    max_file_bytes: u64,
     running: Registry,
 }
 
@@ -215,6 +247,7 @@ impl Backups {
         archive: WalArchive,
         pg_user: &str,
         wal_wait: Duration,
+        limits: &crate::config::Limits,
     ) -> Self {
         let owner = Owner::lookup(pg_user);
         if owner.is_none() {
@@ -229,6 +262,8 @@ impl Backups {
             archive,
             owner,
             wal_wait,
+            max_tablespaces: limits.max_tablespaces,
+            max_file_bytes: limits.max_file_bytes,
             running: Arc::default(),
         }
     }
@@ -254,6 +289,16 @@ impl Backups {
         if self.catalog.cluster(&cluster)?.is_none() {
             return Err(BackupError::ClusterNotFound(cluster));
         }
+        let mut announced = req.tablespaces.clone();
+        announced.sort_unstable();
+        announced.dedup();
+        if announced.len() > self.max_tablespaces as usize {
+            return Err(BackupError::TooManyTablespaces {
+                cluster,
+                announced: announced.len(),
+                limit: self.max_tablespaces,
+            });
+        }
         let previous = self.catalog.backups(&cluster)?;
         let kind = if previous.is_empty() {
             BackupKind::Full
@@ -273,7 +318,9 @@ impl Backups {
         let lease = lease.0;
 
         self.check_binding(&cluster, req.binding)?;
-        let dirs = self.prepare_datasets(&cluster, &req.tablespaces)?;
+        // Datasets only of what exists: an announced tablespace gets one when the backup
+        // first sends a file of it (`Session::root`), so announcing costs nothing.
+        let dirs = self.area_dirs(&cluster)?;
 
         if let Some(open) = self.catalog.open_session_of(&cluster)? {
             self.adopt_snapshot(&cluster, &open.backup_id)?;
@@ -403,11 +450,12 @@ impl Backups {
         Ok(())
     }
 
-    /// Creates missing tablespace datasets; returns every area's root directory.
-    fn prepare_datasets(
+    /// The root directory of every area the cluster has a dataset for: PGDATA and each
+    /// tablespace an earlier backup sent (a tablespace dropped since keeps its dataset, which
+    /// older snapshots hold; the client empties it through the manifest).
+    fn area_dirs(
         &self,
         cluster: &ClusterId,
-        tablespaces: &[u32],
     ) -> Result<BTreeMap<walvault_proto::Area, std::path::PathBuf>, BackupError> {
         use walvault_proto::Area;
         let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;
@@ -422,32 +470,11 @@ impl Backups {
             .storage
             .children(&l.tablespaces)
             .map_err(Self::storage_err(cluster, "list tablespace datasets"))?;
-        let mut oids: Vec<u32> = tablespaces.to_vec();
-        // Tablespaces dropped since an earlier backup keep their dataset (older snapshots
-        // hold them); the client empties them through the manifest.
-        oids.extend(existing.iter().filter_map(|n| n.parse::<u32>().ok()));
-        oids.sort_unstable();
-        oids.dedup();
-        for oid in oids {
+        for oid in existing.iter().filter_map(|n| n.parse::<u32>().ok()) {
             let ds = l
                 .tablespaces
                 .join(&oid.to_string())
                 .map_err(Self::storage_err(cluster, "name a tablespace dataset"))?;
-            if !existing.contains(&oid.to_string()) {
-                self.storage
-                    .create(
-                        &ds,
-                        &DatasetOptions {
-                            recordsize: Some(DATA_RECORDSIZE),
-                            ..DatasetOptions::default()
-                        },
-                    )
-                    .map_err(Self::storage_err(
-                        cluster,
-                        format!("create the dataset of tablespace {oid}"),
-                    ))?;
-                tracing::info!(%cluster, oid, "created a tablespace dataset");
-            }
             dirs.insert(
                 Area::Tablespace(oid),
                 self.storage
@@ -456,17 +483,62 @@ impl Backups {
             );
         }
         for dir in dirs.values() {
-            // PostgreSQL refuses a data directory others can read.
-            std::fs::set_permissions(dir, files::permissions(0o700))
-                .and_then(|()| Owner::apply(self.owner, dir))
-                .map_err(|source| BackupError::Io {
-                    cluster: cluster.clone(),
-                    backup: String::new(),
-                    context: format!("prepare {}", dir.display()),
-                    source,
-                })?;
+            self.prepare_root(cluster, dir)?;
         }
         Ok(dirs)
+    }
+
+    /// Creates the dataset of a tablespace the backup announced and now sends; its root.
+    pub(super) fn create_tablespace(
+        &self,
+        cluster: &ClusterId,
+        oid: u32,
+    ) -> Result<std::path::PathBuf, BackupError> {
+        let l = ClusterLayout::of(cluster).map_err(Self::storage_err(cluster, "name datasets"))?;
+        let ds = l
+            .tablespaces
+            .join(&oid.to_string())
+            .map_err(Self::storage_err(cluster, "name a tablespace dataset"))?;
+        if !self
+            .storage
+            .exists(&ds)
+            .map_err(Self::storage_err(cluster, "look for a tablespace dataset"))?
+        {
+            self.storage
+                .create(
+                    &ds,
+                    &DatasetOptions {
+                        recordsize: Some(DATA_RECORDSIZE),
+                        ..DatasetOptions::default()
+                    },
+                )
+                .map_err(Self::storage_err(
+                    cluster,
+                    format!("create the dataset of tablespace {oid}"),
+                ))?;
+            tracing::info!(%cluster, oid, "created a tablespace dataset");
+        }
+        let dir = self
+            .storage
+            .mountpoint(&ds)
+            .map_err(Self::storage_err(cluster, "find a tablespace dataset"))?;
+        self.prepare_root(cluster, &dir)?;
+        Ok(dir)
+    }
+
+    /// PostgreSQL refuses a data directory others can read.
+    fn prepare_root(&self, cluster: &ClusterId, dir: &std::path::Path) -> Result<(), BackupError> {
+        std::fs::set_permissions(dir, files::permissions(0o700))
+            .and_then(|()| Owner::apply(self.owner, dir))
+            .map_err(|source| {
+                session::io_error(
+                    self.storage.as_ref(),
+                    cluster.clone(),
+                    String::new(),
+                    format!("prepare {}", dir.display()),
+                    source,
+                )
+            })
     }
 
     /// The cluster's backups, oldest first, with the running one last.

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,9 +17,6 @@ use super::{label, BackupError, Backups, BeginRequest, Lease, Running};
 use crate::catalog::{BackupKind, BackupRecord, BackupStats, FileEntry};
 use crate::layout::ClusterLayout;
 
-/// Largest file we accept: far beyond PostgreSQL's 1 GiB segments, small enough that a
-/// hostile block index cannot make us write terabytes of holes.
-const MAX_FILE_SIZE: u64 = 1 << 40;
 /// How often the WAL wait looks at the catalog.
 const WAL_POLL: Duration = Duration::from_millis(200);
 
@@ -147,15 +144,25 @@ impl Session {
         f(&mut self.running.stats.lock().unwrap_or_else(|p| p.into_inner()));
     }
 
-    fn root(&self, area: Area) -> Result<&Path, BackupError> {
-        self.dirs.get(&area).map(PathBuf::as_path).ok_or_else(|| {
-            self.protocol(format!("{area} is not a tablespace announced at the start"))
-        })
+    /// The root of an area; a tablespace announced at the start gets its dataset here, when
+    /// its first file arrives.
+    fn root(&mut self, area: Area) -> Result<PathBuf, BackupError> {
+        if let Some(d) = self.dirs.get(&area) {
+            return Ok(d.clone());
+        }
+        match area {
+            Area::Tablespace(oid) if self.req.tablespaces.contains(&oid) => {
+                let dir = self.backups.create_tablespace(&self.cluster, oid)?;
+                self.dirs.insert(area, dir.clone());
+                Ok(dir)
+            }
+            _ => Err(self.protocol(format!("{area} is not a tablespace announced at the start"))),
+        }
     }
 
     /// Where `path` of `area` is, refusing the names the storage keeps for itself (a second
     /// line behind `RelPath`'s own check: the storage knows best what is its own).
-    fn target(&self, area: Area, path: &RelPath) -> Result<PathBuf, BackupError> {
+    fn target(&mut self, area: Area, path: &RelPath) -> Result<PathBuf, BackupError> {
         let first = path.as_str().split('/').next().unwrap_or_default();
         if self.backups.storage.reserves(first) {
             return Err(self.protocol(format!(
@@ -165,9 +172,22 @@ impl Session {
         Ok(self.root(area)?.join(path.as_str()))
     }
 
+    /// The largest file a backup may send (limits.max_file_bytes).
+    fn max_file(&self) -> u64 {
+        self.backups.max_file_bytes
+    }
+
     pub fn started(&mut self, start_lsn: Lsn, timeline: TimelineId, start_unix: i64) {
         *self.running.start.lock().unwrap_or_else(|p| p.into_inner()) = Some((start_lsn, timeline));
         self.started = Some((start_lsn, timeline, start_unix));
+    }
+
+    /// What the client has read so far (it says so while it has nothing to send).
+    pub fn progress(&mut self, bytes_read: u64, files: u64) {
+        self.stats(|s| {
+            s.bytes_read = s.bytes_read.max(bytes_read);
+            s.files = s.files.max(files);
+        });
     }
 
     /// Starts a file (its blocks follow) or creates a directory.
@@ -266,14 +286,15 @@ impl Session {
             } else {
                 b.data
             };
-            let too_far = b.index >= MAX_FILE_SIZE / u64::from(BLOCK_SIZE);
+            let max_file = self.backups.max_file_bytes;
+            let too_far = b.index >= max_file.div_ceil(u64::from(BLOCK_SIZE));
             if data.is_empty() || data.len() > BLOCK_SIZE as usize || too_far {
                 return Err(BackupError::Protocol {
                     cluster: self.cluster.clone(),
                     backup: self.id.clone(),
                     detail: format!(
                         "block {} of {}/{} has {} bytes; blocks have 1 to {BLOCK_SIZE} bytes and \
-                         files at most {MAX_FILE_SIZE}",
+                         files at most {max_file} (limits.max_file_bytes)",
                         b.index,
                         open.area,
                         open.path,
@@ -318,8 +339,11 @@ impl Session {
             return Err(self.protocol("a file ended that had not begun"));
         };
         let name = format!("{}/{}", open.area, open.path);
-        if size > MAX_FILE_SIZE {
-            return Err(self.protocol(format!("{name} claims {size} bytes")));
+        if size > self.max_file() {
+            return Err(self.protocol(format!(
+                "{name} claims {size} bytes, more than limits.max_file_bytes ({})",
+                self.max_file()
+            )));
         }
         let count = block_count(size);
         let mut hashes = Vec::with_capacity(count as usize);
@@ -466,8 +490,8 @@ impl Session {
     }
 
     /// backup_label tells recovery where to start; tablespace_map where tablespaces live.
-    fn write_label_files(&self, f: &FinishRequest) -> Result<(), BackupError> {
-        let data = self.root(Area::Data)?.to_owned();
+    fn write_label_files(&mut self, f: &FinishRequest) -> Result<(), BackupError> {
+        let data = self.root(Area::Data)?;
         let owner = self.backups.owner;
         files::write_durably(&data.join("backup_label"), f.backup_label.as_bytes(), owner)
             .map_err(self.io("write backup_label"))?;
@@ -532,24 +556,39 @@ impl Session {
 }
 
 /// A write the quota (EDQUOT) or a full pool (ENOSPC) refused is the tenant's quota problem.
-fn io_error(
+/// A write error as the user should read it: the tenant's quota (EDQUOT, or ENOSPC when
+/// the tenant is at its quota), a full pool (ENOSPC otherwise), or the error itself.
+pub(super) fn io_error(
     storage: &dyn crate::storage::Storage,
     cluster: ClusterId,
     backup: String,
     context: String,
     source: std::io::Error,
 ) -> BackupError {
-    const EDQUOT: i32 = 122;
-    const ENOSPC: i32 = 28;
+    let space = crate::layout::tenant(cluster.tenant())
+        .and_then(|ds| storage.space(&ds))
+        .ok();
+    // Near enough: ZFS accounts a transaction group late.
+    let at_quota = space
+        .as_ref()
+        .is_some_and(|s| s.quota.is_some_and(|q| s.used.saturating_add(1 << 20) >= q));
     match source.raw_os_error() {
-        Some(EDQUOT | ENOSPC) => BackupError::QuotaExceeded {
+        Some(libc::EDQUOT) => BackupError::QuotaExceeded {
             tenant: cluster.tenant().clone(),
-            quota: crate::layout::tenant(cluster.tenant())
-                .and_then(|ds| storage.space(&ds))
-                .ok()
-                .and_then(|s| s.quota),
+            quota: space.and_then(|s| s.quota),
             cluster,
             backup,
+        },
+        Some(libc::ENOSPC) if at_quota => BackupError::QuotaExceeded {
+            tenant: cluster.tenant().clone(),
+            quota: space.and_then(|s| s.quota),
+            cluster,
+            backup,
+        },
+        Some(libc::ENOSPC) => BackupError::StorageFull {
+            cluster,
+            backup,
+            context,
         },
         _ => BackupError::Io {
             cluster,

@@ -39,6 +39,7 @@ fn fixture() -> Fixture {
         archive,
         "nobody-here",
         Duration::from_millis(300),
+        &crate::config::Limits::default(),
     );
     let data = storage
         .mountpoint(&ClusterLayout::of(&cluster).unwrap().data)

@@ -487,6 +487,18 @@ impl Instance {
         deadline: Instant,
         progress: &mut dyn FnMut(&str),
     ) -> Result<Reached, PgError> {
+        self.wait_for_unless(goal, deadline, progress, &|| false)
+    }
+
+    /// [`Instance::wait_for`], giving up ([`PgError::Cancelled`]) as soon as `cancelled` says
+    /// so (the request that wanted the instance went away).
+    pub fn wait_for_unless(
+        &self,
+        goal: Goal,
+        deadline: Instant,
+        progress: &mut dyn FnMut(&str),
+        cancelled: &dyn Fn() -> bool,
+    ) -> Result<Reached, PgError> {
         let mut last = Reached {
             replay_lsn: None,
             replay_micros: None,
@@ -524,6 +536,11 @@ impl Instance {
                     Err(PgError::Query { .. }) if self.exits_soon() => continue,
                     Err(e) => return Err(e),
                 }
+            }
+            if cancelled() {
+                return Err(PgError::Cancelled {
+                    pgdata: self.spec.pgdata.display().to_string(),
+                });
             }
             if Instant::now() >= deadline {
                 return Err(PgError::Timeout {

@@ -39,6 +39,8 @@ const STOP_IMMEDIATE_SECS: u32 = 30;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
+    #[error("the request went away while PostgreSQL on {pgdata} recovered; it was stopped")]
+    Cancelled { pgdata: String },
     #[error(
         "PostgreSQL {major} binaries not found in {dir}: no {missing} \
          (install postgresql-{major} on the server, or set restore.pg_bin)"

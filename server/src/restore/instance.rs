@@ -109,6 +109,7 @@ pub fn start(
     restores: &Restores,
     planned: &Planned,
     progress: &mut dyn FnMut(&str),
+    cancelled: &dyn Fn() -> bool,
 ) -> Result<RestoreView, RestoreError> {
     let started = Instant::now();
     let id = planned.id.clone();
@@ -201,7 +202,7 @@ pub fn start(
         };
         let reached = r
             .instance
-            .wait_for(goal, deadline, progress)
+            .wait_for_unless(goal, deadline, progress, cancelled)
             .map_err(|e| fail(e.to_string()))?;
         // A shut-down instance cannot be asked; PostgreSQL itself fails a recovery that ends
         // before its target, and wal-unpack one that lacks a segment it needs.
@@ -215,7 +216,7 @@ pub fn start(
                 progress("target reached; promoting");
                 r.instance.promote().map_err(|e| fail(e.to_string()))?;
                 r.instance
-                    .wait_for(Goal::Promoted, deadline, progress)
+                    .wait_for_unless(Goal::Promoted, deadline, progress, cancelled)
                     .map_err(|e| fail(e.to_string()))?;
                 "ready"
             }

@@ -77,6 +77,15 @@ pub enum RestoreError {
     },
     #[error("restore {id}: no free port in restore.ports {lo}-{hi}; drop an instance or widen the range")]
     NoPort { id: String, lo: u16, hi: u16 },
+    #[error(
+        "tenant {tenant} holds {open} restore clones (limits.clones_per_tenant = {limit}); drop \
+         one with `walvault restores drop ID` first"
+    )]
+    TooManyClones {
+        tenant: walvault_proto::TenantId,
+        open: usize,
+        limit: u32,
+    },
 }
 
 impl RestoreError {
@@ -136,6 +145,8 @@ pub struct Restores {
     instances: Arc<Mutex<HashMap<String, instance::Running>>>,
     /// Consistent times of backups, computed once: (cluster, backup) → micros.
     consistent: Arc<Mutex<HashMap<(ClusterId, String), i64>>>,
+    /// How many restore clones one tenant may hold.
+    clones_per_tenant: u32,
 }
 
 static SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -166,8 +177,10 @@ impl Restores {
         archive: WalArchive,
         config: RestoreConfig,
         pg_user: &str,
+        clones_per_tenant: u32,
     ) -> Self {
         Self {
+            clones_per_tenant,
             index: TimeIndex::new(archive.clone(), catalog.clone()),
             storage,
             catalog,
@@ -410,6 +423,20 @@ impl Restores {
         host: &str,
         path: &str,
     ) -> Result<RestoreClone, RestoreError> {
+        let tenant = planned.cluster.tenant();
+        let open = self
+            .catalog
+            .restores()?
+            .iter()
+            .filter(|r| r.cluster.tenant() == tenant)
+            .count();
+        if open >= self.clones_per_tenant as usize {
+            return Err(RestoreError::TooManyClones {
+                tenant: tenant.clone(),
+                open,
+                limit: self.clones_per_tenant,
+            });
+        }
         let c = RestoreClone::create(
             self.storage.as_ref(),
             &planned.cluster,

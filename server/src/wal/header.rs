@@ -106,11 +106,21 @@ impl LongPageHeader {
 
     /// Checks a whole segment (or `.partial`) file against its name.
     pub fn check_segment(name: &WalFileName, content: &[u8]) -> Result<Self, HeaderError> {
-        let h = Self::parse(content)?;
+        Self::check_segment_head(name, content, content.len() as u64)
+    }
+
+    /// [`LongPageHeader::check_segment`] of a file of `len` bytes that begins with `head`:
+    /// only the long header and the length are looked at, so a streamed file need not be held.
+    pub fn check_segment_head(
+        name: &WalFileName,
+        head: &[u8],
+        len: u64,
+    ) -> Result<Self, HeaderError> {
+        let h = Self::parse(head)?;
         let expected = u64::from(h.segment_size);
-        if content.len() as u64 != expected {
+        if len != expected {
             return Err(HeaderError::WrongSize {
-                actual: content.len() as u64,
+                actual: len,
                 expected,
             });
         }

@@ -5,10 +5,13 @@ mod continuity;
 pub mod header;
 pub mod history;
 pub mod ledger;
+pub mod push;
 pub mod records;
 pub mod stored;
 mod text;
 pub mod timeindex;
+mod upkeep;
 
 pub use archive::{ArchiveError, FetchedWal, IncomingWal, PushOutcome, Reconciled, WalArchive};
 pub use continuity::{decode_pruned, encode_pruned};
+pub use push::{Begun, Push, PushHeader};

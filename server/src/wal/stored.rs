@@ -51,30 +51,49 @@ pub struct Verified {
     pub meta: StoredMeta,
     /// The zstd stream after the metadata frame.
     pub zstd: Vec<u8>,
-    /// The original bytes.
+    /// The original bytes: all of them, or (see [`verify`]) only the first ones.
     pub plain: Vec<u8>,
 }
 
 /// Checks the bytes of an archived file (`<name>.zst`): its metadata frame, then that the
-/// content decompresses to the recorded size and blake3.
-pub fn verify(bytes: Vec<u8>) -> Result<Verified, StoredError> {
+/// content decompresses to the recorded size and blake3. Keeps the original bytes up to
+/// `keep` of them (`usize::MAX`: all), hashing the rest as it goes, so a check need not hold a
+/// whole segment.
+pub fn verify(bytes: Vec<u8>, keep: usize) -> Result<Verified, StoredError> {
     let meta = StoredMeta::decode(&bytes)?;
-    // Never more than the recorded size (plus one byte to see a longer stream): a damaged
-    // frame must not make us allocate without bound.
-    let mut plain = Vec::with_capacity(meta.size.min(walvault_proto::MAX_WAL_FILE_SIZE) as usize);
-    let decoder = zstd::stream::read::Decoder::new(&bytes[HEADER_LEN..])
+    let keep = keep.min(meta.size.min(walvault_proto::MAX_WAL_FILE_SIZE) as usize);
+    let mut plain = Vec::with_capacity(keep);
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let mut decoder = zstd::stream::read::Decoder::new(&bytes[HEADER_LEN..])
         .map_err(|e| StoredError::Undecompressable(e.to_string()))?;
-    decoder
-        .take(meta.size.saturating_add(1))
-        .read_to_end(&mut plain)
-        .map_err(|e| StoredError::Undecompressable(e.to_string()))?;
-    if plain.len() as u64 != meta.size {
+    let mut buf = vec![0u8; 128 << 10];
+    loop {
+        let n = match decoder.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(StoredError::Undecompressable(e.to_string())),
+        };
+        size += n as u64;
+        // One byte past the recorded size is enough to know it is wrong.
+        if size > meta.size {
+            return Err(StoredError::SizeMismatch {
+                recorded: meta.size,
+                actual: size,
+            });
+        }
+        hasher.update(&buf[..n]);
+        let room = keep - plain.len();
+        plain.extend_from_slice(&buf[..n.min(room)]);
+    }
+    if size != meta.size {
         return Err(StoredError::SizeMismatch {
             recorded: meta.size,
-            actual: plain.len() as u64,
+            actual: size,
         });
     }
-    if *blake3::hash(&plain).as_bytes() != meta.blake3 {
+    if *hasher.finalize().as_bytes() != meta.blake3 {
         return Err(StoredError::ChecksumMismatch);
     }
     let mut zstd = bytes;
@@ -166,7 +185,7 @@ pub fn unpack(
         }
         Err(e) => return Err(UnpackError::Failed(format!("read {}: {e}", src.display()))),
     };
-    let plain = verify(bytes)
+    let plain = verify(bytes, usize::MAX)
         .map_err(|e| {
             UnpackError::Failed(format!(
                 "{} {e}: the archived copy is damaged",
@@ -211,18 +230,23 @@ mod tests {
         };
         let mut file = meta.encode().to_vec();
         file.extend(zstd::encode_all(&original[..], 1).unwrap());
-        assert_eq!(verify(file.clone()).unwrap().plain, original);
+        assert_eq!(verify(file.clone(), usize::MAX).unwrap().plain, original);
+        // Checked whole, kept in part.
+        assert_eq!(verify(file.clone(), 100).unwrap().plain, original[..100]);
         // Another content under the same frame.
         let mut other = meta.encode().to_vec();
         other.extend(zstd::encode_all(&vec![7u8; original.len()][..], 1).unwrap());
-        assert!(matches!(verify(other), Err(StoredError::ChecksumMismatch)));
+        assert!(matches!(
+            verify(other, 0),
+            Err(StoredError::ChecksumMismatch)
+        ));
         // A flipped byte in the stream, and a truncated one.
         let mut flipped = file.clone();
         let at = HEADER_LEN + (file.len() - HEADER_LEN) / 2;
         flipped[at] ^= 0xFF;
-        assert!(verify(flipped).unwrap_err().is_damage());
+        assert!(verify(flipped, 0).unwrap_err().is_damage());
         let short = file[..file.len() - 10].to_vec();
-        assert!(verify(short).unwrap_err().is_damage());
+        assert!(verify(short, 0).unwrap_err().is_damage());
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::path::Path;
 
 use walvault_proto::Lsn;
 
-use super::{Client, Pg, TestDir};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::{wait_until, Client, Pg, TestDir};
 
 pub const SEGMENT_SIZE: u64 = 16 << 20;
 const SEGMENTS_PER_XLOGID: u64 = 0x1_0000_0000 / SEGMENT_SIZE;
@@ -188,4 +191,35 @@ pub fn local_archive_conf(dir: &Path) -> Vec<String> {
         ),
         "wal_keep_size = '2GB'".into(),
     ]
+}
+
+/// A PostgreSQL instance archiving into a local directory: `n` real, complete segments of one
+/// database system, oldest first. The instance is stopped afterwards.
+pub fn source_segments(td: &TestDir, name: &str, n: usize) -> Vec<PathBuf> {
+    let archive = td.mkdir_postgres(format!("{name}-archive"));
+    let mut pg = Pg::init(td, name, &local_archive_conf(&archive));
+    pg.start();
+    pg.psql("CREATE TABLE t (x int)");
+    let mut names = Vec::new();
+    for i in 0..n {
+        pg.psql(&format!(
+            "INSERT INTO t SELECT generate_series(1, {})",
+            1000 * (i + 1)
+        ));
+        names.push(pg.switch_wal());
+    }
+    let last = archive.join(names.last().expect("n > 0"));
+    wait_until(
+        &format!("{} in the local archive", last.display()),
+        Duration::from_secs(120),
+        || last.exists().then_some(()),
+    );
+    pg.stop();
+    names.dedup();
+    assert_eq!(
+        names.len(),
+        n,
+        "pg_switch_wal did not switch every time: {names:?}"
+    );
+    names.iter().map(|n| archive.join(n)).collect()
 }

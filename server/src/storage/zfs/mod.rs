@@ -112,6 +112,69 @@ enum Subject<'a> {
 }
 
 impl ZfsStorage {
+    /// One listing of a dataset's snapshots with their properties.
+    fn snapshots_once(&self, path: &DatasetPath) -> Result<Vec<SnapshotInfo>, StorageError> {
+        let name = self.dataset_name(path);
+        // Without a sort key both zfs-fuse and OpenZFS list a dataset's snapshots in creation
+        // (txg) order.
+        let listing = zfs(&[
+            "list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", &name,
+        ])
+        .map_err(|e| self.classify(e, Subject::Dataset(path)))?;
+        let prefix = format!("{name}@");
+        let mut names = Vec::new();
+        for line in listing.split('\n').filter(|l| !l.is_empty()) {
+            let snap = line
+                .strip_prefix(&prefix)
+                .ok_or_else(|| StorageError::Parse {
+                    what: format!("zfs list -t snapshot -d 1 {name}"),
+                    detail: format!("{line:?} is not a snapshot of {name}"),
+                })?;
+            names.push((line, snap));
+        }
+
+        let mut infos = Vec::with_capacity(names.len());
+        for chunk in names.chunks(SNAPSHOTS_PER_GET) {
+            let mut args = vec!["get", "-H", "-p", "-o", "name,property,value,source", "all"];
+            args.extend(chunk.iter().map(|(full, _)| *full));
+            let out = zfs(&args).map_err(|e| self.classify(e, Subject::Dataset(path)))?;
+            let what = format!("zfs get all <snapshots of {name}>");
+            let lines = parse_get_lines(&what, &out, true)?;
+            for (full, snap) in chunk {
+                let mine: Vec<&PropertyLine<'_>> =
+                    lines.iter().filter(|l| l.name == Some(*full)).collect();
+                let value = |p: &str| {
+                    mine.iter()
+                        .find(|l| l.property == p)
+                        .map(|l| l.value)
+                        .ok_or_else(|| StorageError::Parse {
+                            what: what.clone(),
+                            detail: format!("no {p} for {full}"),
+                        })
+                };
+                let createtxg = match value("createtxg") {
+                    Ok(v) => Some(parse_u64(&format!("createtxg of {full}"), v)?),
+                    Err(_) => None, // zfs-fuse has no createtxg
+                };
+                let info = SnapshotInfo {
+                    name: (*snap).to_owned(),
+                    created_unix: parse_i64(&format!("creation of {full}"), value("creation")?)?,
+                    used: parse_u64(&format!("used of {full}"), value("used")?)?,
+                    properties: local_user_properties(mine.iter().copied()),
+                };
+                infos.push((createtxg, info));
+            }
+        }
+        // The listing order already is creation order; sorting (stably) only guards against a
+        // ZFS that sorts differently. Seconds are coarse, the txg is exact where it exists.
+        if infos.iter().all(|(txg, _)| txg.is_some()) {
+            infos.sort_by_key(|(txg, _)| *txg);
+        } else {
+            infos.sort_by_key(|(_, info)| info.created_unix);
+        }
+        Ok(infos.into_iter().map(|(_, info)| info).collect())
+    }
+
     /// Opens (creating it with `zfs create -p` if needed) the root dataset, e.g. `tank/walvault`,
     /// picks the best compression it supports and turns atime off; descendants inherit both.
     pub fn open(root: &str) -> Result<ZfsStorage, StorageError> {
@@ -583,65 +646,19 @@ impl Storage for ZfsStorage {
     }
 
     fn snapshots(&self, path: &DatasetPath) -> Result<Vec<SnapshotInfo>, StorageError> {
-        let name = self.dataset_name(path);
-        // Without a sort key both zfs-fuse and OpenZFS list a dataset's snapshots in creation
-        // (txg) order.
-        let listing = zfs(&[
-            "list", "-H", "-o", "name", "-t", "snapshot", "-d", "1", &name,
-        ])
-        .map_err(|e| self.classify(e, Subject::Dataset(path)))?;
-        let prefix = format!("{name}@");
-        let mut names = Vec::new();
-        for line in listing.split('\n').filter(|l| !l.is_empty()) {
-            let snap = line
-                .strip_prefix(&prefix)
-                .ok_or_else(|| StorageError::Parse {
-                    what: format!("zfs list -t snapshot -d 1 {name}"),
-                    detail: format!("{line:?} is not a snapshot of {name}"),
-                })?;
-            names.push((line, snap));
-        }
-
-        let mut infos = Vec::with_capacity(names.len());
-        for chunk in names.chunks(SNAPSHOTS_PER_GET) {
-            let mut args = vec!["get", "-H", "-p", "-o", "name,property,value,source", "all"];
-            args.extend(chunk.iter().map(|(full, _)| *full));
-            let out = zfs(&args).map_err(|e| self.classify(e, Subject::Dataset(path)))?;
-            let what = format!("zfs get all <snapshots of {name}>");
-            let lines = parse_get_lines(&what, &out, true)?;
-            for (full, snap) in chunk {
-                let mine: Vec<&PropertyLine<'_>> =
-                    lines.iter().filter(|l| l.name == Some(*full)).collect();
-                let value = |p: &str| {
-                    mine.iter()
-                        .find(|l| l.property == p)
-                        .map(|l| l.value)
-                        .ok_or_else(|| StorageError::Parse {
-                            what: what.clone(),
-                            detail: format!("no {p} for {full}"),
-                        })
-                };
-                let createtxg = match value("createtxg") {
-                    Ok(v) => Some(parse_u64(&format!("createtxg of {full}"), v)?),
-                    Err(_) => None, // zfs-fuse has no createtxg
-                };
-                let info = SnapshotInfo {
-                    name: (*snap).to_owned(),
-                    created_unix: parse_i64(&format!("creation of {full}"), value("creation")?)?,
-                    used: parse_u64(&format!("used of {full}"), value("used")?)?,
-                    properties: local_user_properties(mine.iter().copied()),
-                };
-                infos.push((createtxg, info));
+        // A snapshot destroyed between the listing and the reading of its properties (a prune
+        // at work) fails the second step: list again.
+        let mut attempt = 0;
+        loop {
+            match self.snapshots_once(path) {
+                Err(StorageError::DatasetNotFound { .. })
+                    if attempt < 3 && self.exists(path)? =>
+                {
+                    attempt += 1;
+                }
+                r => return r,
             }
         }
-        // The listing order already is creation order; sorting (stably) only guards against a
-        // ZFS that sorts differently. Seconds are coarse, the txg is exact where it exists.
-        if infos.iter().all(|(txg, _)| txg.is_some()) {
-            infos.sort_by_key(|(txg, _)| *txg);
-        } else {
-            infos.sort_by_key(|(_, info)| info.created_unix);
-        }
-        Ok(infos.into_iter().map(|(_, info)| info).collect())
     }
 
     fn destroy_snapshot(
