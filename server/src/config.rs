@@ -116,7 +116,8 @@ pub struct Limits {
     /// (per cluster, per tenant, on the server) of each kind of work at once.
     pub pushes: (u32, u32, u32),
     pub fetches: (u32, u32, u32),
-    /// Backups: one per cluster (its lease), then per tenant and on the server.
+    /// Backups: per tenant and on the server (one per cluster is the backup's lease, whose
+    /// refusal names the backup running: the budget does not count per cluster).
     pub backups: (u32, u32, u32),
     /// Restores being planned, cloned, delivered or started.
     pub restores: (u32, u32, u32),
@@ -137,7 +138,7 @@ impl Default for Limits {
             stream_max: Duration::from_secs(86_400),
             pushes: (4, 16, 64),
             fetches: (8, 32, 64),
-            backups: (1, 4, 16),
+            backups: (u32::MAX, 4, 16),
             restores: (4, 8, 16),
             clones_per_tenant: 16,
             max_tablespaces: 128,
@@ -186,7 +187,7 @@ fn parse_limits(raw: &RawLimits) -> Result<Limits, String> {
             d.fetches,
         )?,
         backups: (
-            1,
+            u32::MAX,
             positive("backups_per_tenant", raw.backups_per_tenant, d.backups.1)?,
             positive("backups", raw.backups, d.backups.2)?,
         ),

@@ -68,55 +68,44 @@ pub fn open_storage(config: &StorageConfig) -> Result<Arc<dyn Storage>, StorageE
     })
 }
 
-/// Prunes every cluster by its policy every `every` (the first round one interval after the
-/// start, so a restarted server does not prune before anyone could look).
-async fn prune_on_schedule(domain: api::Domain, every: std::time::Duration) {
+/// A job the server runs on every cluster at an interval (the first round one interval after
+/// the start, so a restarted server does not act before anyone could look). A round runs on
+/// one blocking thread; a cluster's failure is logged and the round goes on.
+async fn on_schedule(
+    domain: api::Domain,
+    every: std::time::Duration,
+    what: &'static str,
+    job: fn(&api::Domain, &walvault_proto::ClusterId),
+) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     loop {
         tick.tick().await;
         let d = domain.clone();
-        let round = tokio::task::spawn_blocking(move || {
-            let clusters = match d.tenancy.clusters(None) {
-                Ok(c) => c,
-                Err(e) => return tracing::error!("scheduled prune: list clusters: {e}"),
-            };
-            for c in clusters {
-                let id = c.record.id;
-                match d.pruner.prune(&id, unix_now(), false) {
-                    Ok(o) if o.backups_dropped + o.wal_dropped > 0 || !o.skipped.is_empty() => {
-                        tracing::info!(cluster = %id, backups = o.backups_dropped, wal = o.wal_dropped, skipped = ?o.skipped, "scheduled prune")
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(cluster = %id, "scheduled prune: {e}"),
-                }
-            }
+        let round = tokio::task::spawn_blocking(move || match d.tenancy.clusters(None) {
+            Ok(clusters) => clusters.iter().for_each(|c| job(&d, &c.record.id)),
+            Err(e) => tracing::error!("scheduled {what}: list clusters: {e}"),
         });
         if let Err(e) = round.await {
-            tracing::error!("scheduled prune: {e}");
+            tracing::error!("scheduled {what}: {e}");
         }
     }
 }
 
-/// Verifies every cluster every `every` (the first round one interval after the start).
-async fn verify_on_schedule(domain: api::Domain, every: std::time::Duration) {
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
-    loop {
-        tick.tick().await;
-        let d = domain.clone();
-        let round = tokio::task::spawn_blocking(move || {
-            let clusters = match d.tenancy.clusters(None) {
-                Ok(c) => c,
-                Err(e) => return tracing::error!("scheduled verification: list clusters: {e}"),
-            };
-            for c in clusters {
-                if let Err(e) = d.verifier.verify(&c.record.id) {
-                    tracing::error!(cluster = %c.record.id, "scheduled verification: {e}");
-                }
-            }
-        });
-        if let Err(e) = round.await {
-            tracing::error!("scheduled verification: {e}");
+/// Prunes a cluster by its policy.
+fn scheduled_prune(d: &api::Domain, id: &walvault_proto::ClusterId) {
+    match d.pruner.prune(id, unix_now(), false) {
+        Ok(o) if o.backups_dropped + o.wal_dropped > 0 || !o.skipped.is_empty() => {
+            tracing::info!(cluster = %id, backups = o.backups_dropped, wal = o.wal_dropped, skipped = ?o.skipped, "scheduled prune")
         }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(cluster = %id, "scheduled prune: {e}"),
+    }
+}
+
+/// Verifies a cluster (the verifier logs what it finds).
+fn scheduled_verify(d: &api::Domain, id: &walvault_proto::ClusterId) {
+    if let Err(e) = d.verifier.verify(id) {
+        tracing::error!(cluster = %id, "scheduled verification: {e}");
     }
 }
 
@@ -176,10 +165,15 @@ pub async fn run(
         "storage ready"
     );
     if let Some(every) = config.prune_interval {
-        tokio::spawn(prune_on_schedule(domain.clone(), every));
+        tokio::spawn(on_schedule(domain.clone(), every, "prune", scheduled_prune));
     }
     if let Some(every) = config.verify_interval {
-        tokio::spawn(verify_on_schedule(domain.clone(), every));
+        tokio::spawn(on_schedule(
+            domain.clone(),
+            every,
+            "verification",
+            scheduled_verify,
+        ));
     }
     let s = api::services(domain);
     Server::builder()

@@ -297,11 +297,7 @@ fn block_with_wrong_blake3_is_refused_and_leaves_no_backup() {
     d.wv.server.allow_errors("blake3");
     d.wv.server.allow_errors("finish");
     archive_one_segment(&d.primary);
-    let sysid: u64 = d
-        .primary
-        .psql("SELECT system_identifier FROM pg_control_system()")
-        .parse()
-        .expect("number");
+    let sysid = d.primary.system_identifier();
     let lsn: walvault_proto::Lsn = d
         .primary
         .psql("SELECT pg_current_wal_lsn()")
@@ -401,11 +397,7 @@ fn reserved_names_are_refused(dir_backend: bool) {
     let first = backup_ok(&d.agent, &d.primary, &[]);
     let before = tree_hashes(&d.clone_backup(&first.id, "before").data);
     assert!(before.contains_key("PG_VERSION"), "{before:?}");
-    let sysid: u64 = d
-        .primary
-        .psql("SELECT system_identifier FROM pg_control_system()")
-        .parse()
-        .expect("number");
+    let sysid = d.primary.system_identifier();
     let lsn: walvault_proto::Lsn = d
         .primary
         .psql("SELECT pg_current_wal_lsn()")

@@ -18,24 +18,6 @@ use walvault_tests::harness::{
     Pg,
 };
 
-/// `pg_wal/archive_status/*.ready` of an instance: what its archiver has not managed to push.
-fn ready_files(pg: &Pg) -> Vec<String> {
-    let status = pg.wal_dir().join("archive_status");
-    let mut names: Vec<String> = std::fs::read_dir(&status)
-        .unwrap_or_else(|e| panic!("read {}: {e}", status.display()))
-        .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()
-                .and_then(|n| n.strip_suffix(".ready"))
-                .map(str::to_owned)
-        })
-        .filter(|n| n.len() == 24)
-        .collect();
-    names.sort();
-    names
-}
-
 /// The part of a refusal a user reads: it must name the first and last missing segment.
 fn assert_names_hole(stderr: &str, first: &str, last: &str) {
     assert!(
@@ -97,7 +79,7 @@ fn a_failover_that_lost_wal_is_a_hole_until_a_standby_fills_it() {
             (r == "t").then_some(())
         },
     );
-    let lost = ready_files(primary);
+    let lost = primary.ready_segments();
     assert!(
         lost.len() >= 6,
         "the primary should hold at least six unarchived segments: {lost:?}"

@@ -141,11 +141,7 @@ fn a_hostile_agent_is_refused_or_cut_off_and_the_other_tenants_archive_meanwhile
         segments: source_segments(&d.td, "globex-src", 32),
     };
     let pid = d.wv.server.pid().expect("the server runs");
-    let sysid: u64 = d
-        .primary
-        .psql("SELECT system_identifier FROM pg_control_system()")
-        .parse()
-        .expect("a number");
+    let sysid = d.primary.system_identifier();
 
     // Without the hostile load: the other tenant's latency and the server's memory.
     let calm = Victim {

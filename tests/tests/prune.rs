@@ -53,7 +53,7 @@ fn decisions(v: &Value, kind: &str, keep: bool) -> Vec<String> {
 
 #[test]
 fn prune_by_min_backups_destroys_the_oldest_and_keeps_what_restores() {
-    let Some(lab) = Lab::start("prune", Some(1)) else {
+    let Some(mut lab) = Lab::start("prune", Some(1)) else {
         return;
     };
     let d = &lab.d;
@@ -151,6 +151,17 @@ fn prune_by_min_backups_destroys_the_oldest_and_keeps_what_restores() {
     let latest = lab.restore_instance(&["--latest"]);
     assert_eq!(latest.checksums(), last, "the latest state after the prune");
     lab.drop_restore(&latest.info.id);
+
+    // A rebuilt catalog still knows what was pruned on purpose.
+    let holes = walvault_tests::harness::wal::wal_list_holes(&lab.d.agent, None, 1);
+    lab.d.wv.server.stop();
+    lab.d.wv.server.catalog_rebuild();
+    lab.d.wv.server.restart();
+    assert_eq!(
+        walvault_tests::harness::wal::wal_list_holes(&lab.d.agent, None, 1),
+        holes,
+        "the holes differ after a catalog rebuild"
+    );
 }
 
 #[test]

@@ -147,6 +147,13 @@ fn rebuild_clusters(
         {
             catalog.put_cluster_policy(&id, &p)?;
         }
+        // What retention pruned on purpose, so that the ledger does not call it a hole.
+        if let Some(text) = props.get(cluster_props::PRUNED_WAL) {
+            let ranges = crate::wal::decode_pruned(text);
+            if !ranges.is_empty() {
+                catalog.put_pruned(&id, &ranges)?;
+            }
+        }
         rebuild_wal(catalog, storage, &id, report)?;
         rebuild_backups(catalog, storage, &id, report)?;
         rebuild_restores(catalog, storage, &id, report)?;

@@ -409,6 +409,19 @@ impl Pg {
 
     /// Names of the files PostgreSQL considers archived: `pg_wal/archive_status/*.done`.
     pub fn done_files(&self) -> Vec<String> {
+        self.archive_status(".done")
+    }
+
+    /// Segments the archiver has not managed to push yet: `pg_wal/archive_status/*.ready`
+    /// (segments only).
+    pub fn ready_segments(&self) -> Vec<String> {
+        let mut names = self.archive_status(".ready");
+        names.retain(|n| n.len() == 24);
+        names
+    }
+
+    /// `pg_wal/archive_status/*<suffix>`, without the suffix, sorted.
+    fn archive_status(&self, suffix: &str) -> Vec<String> {
         let status = self.wal_dir().join("archive_status");
         let mut names: Vec<String> = std::fs::read_dir(&status)
             .unwrap_or_else(|e| panic!("read {}: {e}", status.display()))
@@ -416,12 +429,19 @@ impl Pg {
             .filter_map(|e| {
                 e.file_name()
                     .to_str()
-                    .and_then(|n| n.strip_suffix(".done"))
+                    .and_then(|n| n.strip_suffix(suffix))
                     .map(str::to_owned)
             })
             .collect();
         names.sort();
         names
+    }
+
+    /// `system_identifier` of `pg_control_system()`.
+    pub fn system_identifier(&self) -> u64 {
+        self.psql("SELECT system_identifier FROM pg_control_system()")
+            .parse()
+            .expect("a system identifier")
     }
 
     /// Every user table, as `schema.table`.
