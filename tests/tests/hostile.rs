@@ -2,7 +2,7 @@
 //! certificate of `acme/db1` (a compromised database host), written here against the gRPC
 //! contract, repeats what was tried on the server: stalled and oversized pushes, a backup that
 //! stops talking, one that announces hundreds of tablespaces or a block far past any file's
-//! end, restores that never read, a delta restore's manifest of a gigabyte of hashes. Each is
+//! end, one that leaves a sparse gigabyte file behind, restores that never read, a delta restore's manifest of a gigabyte of hashes. Each is
 //! refused or cut off after the idle limit; what it held (leases, clones, threads) is
 //! released; the server's peak RSS, read from /proc, stays under the bound the README states;
 //! and throughout, another tenant's `walvault wal-push` loop keeps succeeding, its latency
@@ -287,6 +287,68 @@ fn a_hostile_agent_is_refused_or_cut_off_and_the_other_tenants_archive_meanwhile
             );
         });
 
+        // A 1 GiB file (the largest allowed) of one block at its end, left by a backup that
+        // goes away: the next begin reads what was written, not the file's size.
+        rt.block_on(async {
+            let mut client = pb::backup_client::BackupClient::new(channel(agent).await);
+            let (tx, rx) = tokio::sync::mpsc::channel(8);
+            tx.send(begin(sysid, 0)).await.expect("queue begin");
+            let mut resp = client
+                .run_backup(ReceiverStream::new(rx))
+                .await
+                .expect("begins")
+                .into_inner();
+            let data = vec![1u8; 8192];
+            for part in [
+                BackupReq::Started(pb::BackupStarted {
+                    start_lsn: 0x300_0028,
+                    timeline: 1,
+                    start_unix: 1,
+                }),
+                BackupReq::File(pb::FileHeader {
+                    area: "data".into(),
+                    path: "base/1/99998".into(),
+                    mode: 0o600,
+                    directory: false,
+                }),
+                BackupReq::Blocks(pb::FileBlocks {
+                    blocks: vec![pb::Block {
+                        index: (1 << 30) / 8192 - 1,
+                        blake3: blake3::hash(&data).as_bytes().to_vec(),
+                        compression: pb::Compression::None as i32,
+                        data,
+                    }],
+                }),
+                BackupReq::FileEnd(pb::FileEnd { size: 1 << 30 }),
+            ] {
+                tx.send(pb::BackupRequest { part: Some(part) })
+                    .await
+                    .expect("queue a part");
+            }
+            // The acceptance, then the manifest; leave once the server has taken the file.
+            resp.message().await.expect("accepted");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            drop(tx);
+            while let Ok(Some(_)) = resp.message().await {}
+        });
+        let t = Instant::now();
+        backup_ok(&d.agent, &d.primary, &[]);
+        let log = d.wv.server.log_text();
+        let hashed: Vec<u64> = log
+            .lines()
+            .filter(|l| l.contains("re-hashed what an unfinished backup touched"))
+            .filter_map(|l| l.split("bytes_hashed=").nth(1))
+            .filter_map(|v| v.split_whitespace().next()?.parse().ok())
+            .collect();
+        eprintln!(
+            "after a 1 GiB sparse file, the next backup took {:.1?}, its begin re-hashed {hashed:?} bytes",
+            t.elapsed()
+        );
+        assert!(
+            hashed.last().is_some_and(|b| *b <= 256 << 10),
+            "the begin after an interrupted 1 GiB file re-hashed {hashed:?} bytes"
+        );
+
         // Restores that never read: four (limits.restores_per_cluster) are taken and cut off
         // after the idle limit, with their clones, while their clients still hold on; the
         // rest are refused at once.
@@ -391,7 +453,7 @@ fn a_hostile_agent_is_refused_or_cut_off_and_the_other_tenants_archive_meanwhile
         peak.saturating_sub(rss_before) / 1024,
         rss_before / 1024
     );
-    assert_eq!(list_backups(&d.agent, None).len(), 2);
+    assert_eq!(list_backups(&d.agent, None).len(), 3);
 }
 
 fn begin(system_identifier: u64, tablespaces: u32) -> pb::BackupRequest {

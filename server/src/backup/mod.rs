@@ -9,7 +9,8 @@
 //! - a snapshot named after a backup exists only once the backup is complete: it is the last
 //!   step, and its properties are set in the same atomic `zfs snapshot -r -o`;
 //! - the manifest never vouches for a block the disk does not hold: a session records that it
-//!   is open before writing, and the next session re-hashes what an unfinished one touched.
+//!   is open before writing and the blocks it touches before writing them, and the next
+//!   session re-hashes those blocks (after a reboot, every file changed since it began).
 
 pub mod files;
 pub mod label;
@@ -326,20 +327,32 @@ impl Backups {
             self.adopt_snapshot(&cluster, &open.backup_id)?;
             // The clock may have been a little behind when the files were written.
             let since = open.started_unix - 2;
+            let touched = self.catalog.touched(&cluster)?;
+            let same_boot = open.boot_id.is_some() && open.boot_id == boot_id();
+            let changed = if same_boot {
+                files::Changed::Touched {
+                    since,
+                    touched: &touched,
+                }
+            } else {
+                files::Changed::Since(since)
+            };
             for (area, root) in &dirs {
-                let done = files::reconcile(&self.catalog, &cluster, *area, root, Some(since))
+                let done = files::reconcile(&self.catalog, &cluster, *area, root, changed)
                     .map_err(|source| BackupError::Reconcile {
                         cluster: cluster.clone(),
                         source,
                     })?;
-                tracing::info!(%cluster, interrupted = %open.backup_id, %area, rehashed = done.rehashed, removed = done.removed, "re-hashed what an unfinished backup touched");
+                tracing::info!(%cluster, interrupted = %open.backup_id, %area, same_boot, rehashed = done.rehashed, bytes_hashed = done.bytes_hashed, removed = done.removed, "re-hashed what an unfinished backup touched");
             }
+            self.catalog.clear_touched(&cluster)?;
         }
         self.catalog.open_session(
             &cluster,
             &crate::catalog::OpenSession {
                 backup_id: id.clone(),
                 started_unix: now,
+                boot_id: boot_id(),
             },
         )?;
         tracing::info!(%cluster, backup = %id, kind = kind.as_str(), host = %req.host, "backup began");
@@ -628,4 +641,12 @@ impl Backups {
         }
         Ok(out)
     }
+}
+
+/// The kernel's id of this boot (Linux), which tells a crash of the server from a reboot.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
 }

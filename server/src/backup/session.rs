@@ -14,11 +14,14 @@ use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId, BLOCK_SIZE};
 
 use super::files::{self, Owner};
 use super::{label, BackupError, Backups, BeginRequest, Lease, Running};
-use crate::catalog::{BackupKind, BackupRecord, BackupStats, FileEntry};
+use crate::catalog::{BackupKind, BackupRecord, BackupStats, FileEntry, Ranges};
 use crate::layout::ClusterLayout;
 
 /// How often the WAL wait looks at the catalog.
 const WAL_POLL: Duration = Duration::from_millis(200);
+/// Touched ranges are recorded in chunks of this many blocks (128 KiB): what a crash makes
+/// the next session re-hash, at most one chunk more per range than was written.
+const TOUCH_CHUNK: u64 = 16;
 
 /// A block as it arrived.
 #[derive(Debug)]
@@ -57,6 +60,8 @@ struct OpenFile {
     mode: u32,
     old: Option<FileEntry>,
     received: BTreeMap<u64, (BlockHash, u64)>,
+    /// Block ranges recorded in the catalog as touched by this session.
+    marked: Ranges,
 }
 
 #[derive(Debug)]
@@ -238,8 +243,19 @@ impl Session {
             .backups
             .catalog
             .file_entry(&self.cluster, area, &path)?;
-        if fs::symlink_metadata(&abs).is_ok_and(|m| m.is_dir()) {
+        // Sent twice in one session: its ranges so far stay recorded.
+        let touched = self
+            .backups
+            .catalog
+            .touched_of(&self.cluster, area, &path)?;
+        let existing = fs::symlink_metadata(&abs).ok();
+        if existing.as_ref().is_some_and(|m| m.is_dir()) {
             files::remove(&abs).map_err(self.io(format!("replace the directory {area}/{path}")))?;
+        }
+        if !touched.created && !existing.is_some_and(|m| m.is_file()) {
+            self.backups
+                .catalog
+                .mark_created(&self.cluster, area, &path)?;
         }
         let file = fs::OpenOptions::new()
             .read(true)
@@ -258,6 +274,7 @@ impl Session {
             mode,
             old: old.filter(|e| !e.directory),
             received: BTreeMap::new(),
+            marked: touched.ranges,
         });
         Ok(())
     }
@@ -271,6 +288,14 @@ impl Session {
         let Some(open) = self.open.as_mut() else {
             return Err(self.protocol("blocks arrived outside a file"));
         };
+        let max_blocks = self.backups.max_file_bytes.div_ceil(u64::from(BLOCK_SIZE));
+        // Recorded before written: an error ends the session, so `marked` may run ahead.
+        let new = mark_runs(&mut open.marked, blocks.iter().map(|b| b.index), max_blocks);
+        if !new.is_empty() {
+            self.backups
+                .catalog
+                .mark_touched(&self.cluster, open.area, &open.path, &new)?;
+        }
         let mut written = 0u64;
         let mut count = 0u64;
         for b in blocks {
@@ -553,6 +578,31 @@ impl Session {
                 format!("snapshot backup {}", r.id),
             ))
     }
+}
+
+/// Adds to `marked` the chunk-aligned ranges holding `indices` (below `max`) and returns the
+/// ranges that changed, to record. A range that reaches the previous one extends it, so a file
+/// written in order keeps one range, whose record is replaced rather than added to.
+pub(super) fn mark_runs(
+    marked: &mut Ranges,
+    indices: impl Iterator<Item = u64>,
+    max: u64,
+) -> Vec<(u64, u64)> {
+    let mut changed = BTreeMap::new();
+    for i in indices.filter(|i| *i < max) {
+        if marked.range(..=i).next_back().is_some_and(|(_, e)| *e > i) {
+            continue;
+        }
+        let start = i - i % TOUCH_CHUNK;
+        let end = (start + TOUCH_CHUNK).min(max);
+        let (key, end) = match marked.range(..=start).next_back() {
+            Some((s, e)) if *e >= start => (*s, end.max(*e)),
+            _ => (start, end),
+        };
+        marked.insert(key, end);
+        changed.insert(key, end);
+    }
+    changed.into_iter().collect()
 }
 
 /// A write the quota (EDQUOT) or a full pool (ENOSPC) refused is the tenant's quota problem.

@@ -247,6 +247,178 @@ fn an_interrupted_session_is_rehashed_before_it_is_trusted() {
     assert_eq!(entry.entry.hashes, vec![hash_block(&[5; 8192])]);
 }
 
+/// A 4 MiB file the manifest knows (as a finished backup leaves it), and its blocks.
+fn known_file(f: &Fixture, name: &str) -> Vec<Vec<u8>> {
+    let blocks: Vec<Vec<u8>> = (0..512u32).map(|i| i.to_le_bytes().repeat(2048)).collect();
+    let abs = f.data.join(name);
+    std::fs::create_dir_all(abs.parent().unwrap()).unwrap();
+    std::fs::write(&abs, blocks.concat()).unwrap();
+    let (size, hashes) = files::hash_file(&abs).unwrap();
+    let entry = crate::catalog::FileEntry {
+        directory: false,
+        mode: 0o600,
+        size,
+        hashes,
+    };
+    f.catalog
+        .put_file_entry(&f.cluster, Area::Data, &path(name), &entry, true)
+        .unwrap();
+    blocks
+}
+
+fn manifest_hashes(s: &Session, name: &str) -> Vec<[u8; 32]> {
+    s.manifest()
+        .map(|i| i.unwrap())
+        .find(|i| i.path.as_str() == name)
+        .unwrap()
+        .entry
+        .hashes
+}
+
+#[test]
+fn an_interrupted_session_records_and_rehashes_only_the_blocks_it_touched() {
+    let f = fixture();
+    let mut blocks = known_file(&f, "base/1/200");
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/200"), 0o600, false)
+        .unwrap();
+    blocks[300] = vec![9; 8192];
+    s.blocks(vec![block(300, &blocks[300])], 1).unwrap();
+    // The session dies here, before file_end: the manifest still has the old hash.
+    drop(s);
+    let touched = f.catalog.touched(&f.cluster).unwrap();
+    let ranges: Vec<_> = touched[&(Area::Data, path("base/1/200"))]
+        .ranges
+        .iter()
+        .map(|(a, b)| (*a, *b))
+        .collect();
+    assert_eq!(
+        ranges,
+        [(288, 304)],
+        "one chunk of 16 blocks around block 300"
+    );
+    // A change no session made (nothing else writes here) shows what is not re-read.
+    let abs = f.data.join("base/1/200");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&abs).unwrap();
+        file.write_all_at(&[7; 8192], 10 * 8192).unwrap();
+    }
+    let s = begin(&f).unwrap();
+    let hashes = manifest_hashes(&s, "base/1/200");
+    assert_eq!(
+        hashes[300],
+        hash_block(&blocks[300]),
+        "the touched block is re-read"
+    );
+    assert_eq!(
+        hashes[10],
+        hash_block(&blocks[10]),
+        "untouched blocks are not"
+    );
+    assert!(f.catalog.touched(&f.cluster).unwrap().is_empty());
+}
+
+#[test]
+fn after_a_reboot_every_file_changed_since_the_session_began_is_rehashed() {
+    let f = fixture();
+    let blocks = known_file(&f, "base/1/200");
+    let s = begin(&f).unwrap();
+    drop(s);
+    // The session began in another boot: its record of touched blocks may be incomplete.
+    let mut open = f.catalog.open_session_of(&f.cluster).unwrap().unwrap();
+    open.boot_id = Some("another-boot".into());
+    f.catalog.open_session(&f.cluster, &open).unwrap();
+    let abs = f.data.join("base/1/200");
+    {
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::OpenOptions::new().write(true).open(&abs).unwrap();
+        file.write_all_at(&[7; 8192], 10 * 8192).unwrap();
+    }
+    let s = begin(&f).unwrap();
+    let hashes = manifest_hashes(&s, "base/1/200");
+    assert_eq!(hashes[10], hash_block(&[7; 8192]));
+    assert_eq!(hashes[11], hash_block(&blocks[11]));
+}
+
+#[test]
+fn a_shrunk_file_keeps_the_hashes_of_its_remaining_blocks() {
+    let f = fixture();
+    let blocks = known_file(&f, "base/1/200");
+    let before = f
+        .catalog
+        .file_entry(&f.cluster, Area::Data, &path("base/1/200"))
+        .unwrap()
+        .unwrap();
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/200"), 0o600, false)
+        .unwrap();
+    // Ends shorter, on a block boundary, without sending a block.
+    s.file_end(100 * 8192).unwrap();
+    drop(s);
+    // As if the lazily written entry had been lost.
+    f.catalog
+        .put_file_entry(&f.cluster, Area::Data, &path("base/1/200"), &before, true)
+        .unwrap();
+    let old = files::hash_file(&f.data.join("base/1/200")).unwrap();
+    let s = begin(&f).unwrap();
+    let hashes = manifest_hashes(&s, "base/1/200");
+    assert_eq!(hashes.len(), 100);
+    assert_eq!(hashes[99], hash_block(&blocks[99]));
+    assert_eq!(hashes, old.1);
+}
+
+#[test]
+fn a_file_the_session_created_is_rehashed_only_where_it_was_written() {
+    let f = fixture();
+    let mut s = begin(&f).unwrap();
+    s.file(Area::Data, path("base/1/300"), 0o600, false)
+        .unwrap();
+    // One block far into a new file: the rest is a hole, which a begin need not read.
+    s.blocks(vec![block(100_000, &[3; 8192])], 1).unwrap();
+    drop(s);
+    let abs = f.data.join("base/1/300");
+    assert_eq!(std::fs::metadata(&abs).unwrap().len(), 100_001 * 8192);
+    let s = begin(&f).unwrap();
+    let hashes = manifest_hashes(&s, "base/1/300");
+    assert_eq!(hashes, files::hash_file(&abs).unwrap().1);
+    assert_eq!(hashes[100_000], hash_block(&[3; 8192]));
+}
+
+proptest::proptest! {
+    #[test]
+    fn touched_ranges_cover_every_written_block_in_disjoint_chunks(
+        batches in proptest::collection::vec(
+            proptest::collection::vec(0u64..2000, 0..40), 0..20),
+        max in 1u64..1800,
+    ) {
+        let mut marked = crate::catalog::Ranges::new();
+        let mut recorded = crate::catalog::Ranges::new();
+        for batch in &batches {
+            for (a, b) in session::mark_runs(&mut marked, batch.iter().copied(), max) {
+                recorded.insert(a, b);
+            }
+        }
+        // What the catalog holds (replacing by start) is what the session believes.
+        proptest::prop_assert_eq!(&recorded, &marked);
+        let covered = |i: u64| marked.range(..=i).next_back().is_some_and(|(_, e)| *e > i);
+        for i in batches.iter().flatten().filter(|i| **i < max) {
+            proptest::prop_assert!(covered(*i), "block {} not recorded", i);
+        }
+        let mut last_end = 0;
+        for (a, b) in &marked {
+            proptest::prop_assert!(a % 16 == 0 && a < b && *b <= max);
+            proptest::prop_assert!(*a >= last_end, "ranges overlap");
+            proptest::prop_assert!(b % 16 == 0 || *b == max);
+            last_end = *b;
+        }
+        let chunks: std::collections::BTreeSet<u64> =
+            batches.iter().flatten().filter(|i| **i < max).map(|i| i / 16).collect();
+        let marked_blocks: u64 = marked.iter().map(|(a, b)| b - a).sum();
+        proptest::prop_assert!(marked_blocks <= chunks.len() as u64 * 16);
+    }
+}
+
 #[test]
 fn stamps_are_utc_and_sortable() {
     assert_eq!(utc_stamp(0), "19700101T000000Z");

@@ -2,13 +2,16 @@
 //!
 //! The manifest describes what the cluster's `data` and `tblspc/<oid>` datasets hold right
 //! now: per file, its size, mode and the blake3 of every block. A backup session records
-//! that it is open (durably) before it writes anything; entries it changes are flushed
-//! lazily. If the session does not finish, the next one re-hashes every file modified since
-//! the open session began (see `backup::files::reconcile`), so a stale entry is never trusted.
+//! that it is open (durably) before it writes anything, and the block ranges it is about to
+//! write before it writes them; entries it changes are flushed lazily. If the session does not
+//! finish, the next one re-hashes the blocks it touched (every file modified since it began,
+//! after a reboot; see `backup::files::reconcile`), so a stale entry is never trusted.
 //!
 //! Keys: `tenant \0 cluster \0 area \0 path`, so one cluster's manifest iterates in the
 //! (area, path) byte order both sides of the wire agree on. Values: the format byte, a
 //! big-endian u32 length, the JSON of the entry without hashes, then the raw hashes.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use walvault_proto::manifest::{split_hashes, BlockHash, HASH_LEN};
@@ -81,7 +84,26 @@ pub struct BackupStats {
 pub struct OpenSession {
     pub backup_id: String,
     pub started_unix: i64,
+    /// The kernel's boot id when the session began. Within one boot every write the
+    /// server made reached the kernel in order, so the session's touched ranges cover
+    /// everything it wrote; after a reboot they may not.
+    #[serde(default)]
+    pub boot_id: Option<String>,
 }
+
+/// Block ranges of one file, `[start, end)`, keyed by start.
+pub type Ranges = BTreeMap<u64, u64>;
+
+/// What the open session recorded of one file before changing it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Touched {
+    /// The session created the file: what it did not write is a hole.
+    pub created: bool,
+    pub ranges: Ranges,
+}
+
+/// The start under which a file's `created` mark is kept: never a block index.
+const CREATED: u64 = u64::MAX;
 
 /// What the manifest holds for one file or directory.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -160,6 +182,36 @@ fn decode_entry(key: &[u8], v: &[u8]) -> Result<FileEntry, CatalogError> {
         size: head.size,
         hashes,
     })
+}
+
+fn touched_file_key(c: &ClusterId, area: Area, path: &RelPath) -> Vec<u8> {
+    let mut k = manifest_key(c, area, path.as_str());
+    k.push(0);
+    k
+}
+
+fn decode_range(key: &[u8], value: &[u8]) -> Option<(u64, u64)> {
+    let start = key.len().checked_sub(8).map(|n| &key[n..])?;
+    let start = u64::from_be_bytes(start.try_into().ok()?);
+    let end = u64::from_be_bytes(value.try_into().ok()?);
+    Some((start, end))
+}
+
+fn add_touched(t: &mut Touched, key: &[u8], value: &[u8]) -> Result<(), CatalogError> {
+    match decode_range(key, value).ok_or_else(|| damaged_range(key))? {
+        (CREATED, _) => t.created = true,
+        (start, end) => {
+            t.ranges.insert(start, end);
+        }
+    }
+    Ok(())
+}
+
+fn damaged_range(key: &[u8]) -> CatalogError {
+    CatalogError::Damaged {
+        key: String::from_utf8_lossy(key).replace('\0', "/"),
+        detail: "not a touched block range".into(),
+    }
 }
 
 fn split_manifest_key(prefix_len: usize, key: &[u8]) -> Option<(Area, RelPath)> {
@@ -280,7 +332,83 @@ impl Catalog {
 
     pub fn close_session(&self, cluster: &ClusterId) -> Result<(), CatalogError> {
         self.sessions.remove(cluster_key(cluster))?;
+        self.touched.remove_prefix(cluster_prefix(cluster))?;
         self.flush()
+    }
+
+    /// Records, before the open session writes them, block ranges of a file (`[start, end)`
+    /// keyed by start; a range already recorded at the same start is replaced). Not flushed:
+    /// a commit reaches the kernel before the blocks do, which is all a crash of the server
+    /// needs (see [`OpenSession::boot_id`]).
+    pub fn mark_touched(
+        &self,
+        cluster: &ClusterId,
+        area: Area,
+        path: &RelPath,
+        ranges: &[(u64, u64)],
+    ) -> Result<(), CatalogError> {
+        let file = touched_file_key(cluster, area, path);
+        self.touched.insert_all(ranges.iter().map(|(start, end)| {
+            let mut key = file.clone();
+            key.extend_from_slice(&start.to_be_bytes());
+            (key, end.to_be_bytes().to_vec())
+        }))?;
+        Ok(())
+    }
+
+    /// Records, before the open session creates a file, that it does.
+    pub fn mark_created(
+        &self,
+        cluster: &ClusterId,
+        area: Area,
+        path: &RelPath,
+    ) -> Result<(), CatalogError> {
+        let mut key = touched_file_key(cluster, area, path);
+        key.extend_from_slice(&CREATED.to_be_bytes());
+        self.touched.insert(key, 0u64.to_be_bytes())?;
+        Ok(())
+    }
+
+    /// What the open session recorded for one file.
+    pub fn touched_of(
+        &self,
+        cluster: &ClusterId,
+        area: Area,
+        path: &RelPath,
+    ) -> Result<Touched, CatalogError> {
+        let file = touched_file_key(cluster, area, path);
+        let mut out = Touched::default();
+        for kv in self.touched.scan_prefix(&file) {
+            let (k, v) = kv?;
+            add_touched(&mut out, &k, &v)?;
+        }
+        Ok(out)
+    }
+
+    /// What the open session of a cluster recorded, per file.
+    pub fn touched(
+        &self,
+        cluster: &ClusterId,
+    ) -> Result<BTreeMap<(Area, RelPath), Touched>, CatalogError> {
+        let prefix = cluster_prefix(cluster);
+        let mut out: BTreeMap<(Area, RelPath), Touched> = BTreeMap::new();
+        for kv in self.touched.scan_prefix(&prefix) {
+            let (k, v) = kv?;
+            // The file's key ends with a NUL before the 8 bytes of the start.
+            let file = k
+                .len()
+                .checked_sub(9)
+                .and_then(|n| split_manifest_key(prefix.len(), &k[..n]))
+                .ok_or_else(|| damaged_range(&k))?;
+            add_touched(out.entry(file).or_default(), &k, &v)?;
+        }
+        Ok(out)
+    }
+
+    /// Forgets the ranges of a cluster's session (done with them, or starting another).
+    pub fn clear_touched(&self, cluster: &ClusterId) -> Result<(), CatalogError> {
+        self.touched.remove_prefix(cluster_prefix(cluster))?;
+        Ok(())
     }
 
     /// Makes earlier non-durable writes durable.

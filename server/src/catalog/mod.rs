@@ -16,7 +16,7 @@ pub mod rebuild;
 mod restores;
 mod store;
 
-pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession};
+pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession, Ranges, Touched};
 pub use integrity::DamageRecord;
 pub use restores::RestoreRecord;
 
@@ -135,7 +135,7 @@ pub struct CatalogDump {
 }
 
 /// The trees (tables) of the catalog.
-const TREES: [&str; 13] = [
+const TREES: [&str; 14] = [
     "tenants",
     "clusters",
     "wal",
@@ -149,6 +149,7 @@ const TREES: [&str; 13] = [
     "damage",
     "pruned",
     "verifications",
+    "touched",
 ];
 
 #[derive(Clone)]
@@ -171,6 +172,8 @@ pub struct Catalog {
     pruned: store::Tree,
     /// Each cluster's last verification.
     verifications: store::Tree,
+    /// Block ranges the open backup session of a cluster has written into.
+    touched: store::Tree,
 }
 
 /// Whether `dir` holds a sled database (the catalog of walvault-server before SQLite).
@@ -265,6 +268,7 @@ impl Catalog {
             damage: t("damage"),
             pruned: t("pruned"),
             verifications: t("verifications"),
+            touched: t("touched"),
             store,
         })
     }
@@ -408,6 +412,7 @@ impl Catalog {
         self.damage.clear()?;
         self.pruned.clear()?;
         self.verifications.clear()?;
+        self.touched.clear()?;
         self.flush()
     }
 }

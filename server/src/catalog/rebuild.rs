@@ -242,12 +242,13 @@ fn rebuild_backups(
         let root = storage
             .mountpoint(&ds)
             .map_err(st(format!("find dataset {ds}")))?;
-        let done = files::reconcile(catalog, cluster, area, &root, None).map_err(|e| {
-            RebuildError::Io {
-                context: format!("hash the copy of {cluster} ({area})"),
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+        let done =
+            files::reconcile(catalog, cluster, area, &root, files::Changed::All).map_err(|e| {
+                RebuildError::Io {
+                    context: format!("hash the copy of {cluster} ({area})"),
+                    source: std::io::Error::other(e.to_string()),
+                }
+            })?;
         report.manifest_files += done.rehashed;
     }
     Ok(())

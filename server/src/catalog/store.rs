@@ -199,6 +199,25 @@ impl Tree {
         Ok(())
     }
 
+    /// Inserts (replacing) several entries in one transaction.
+    pub fn insert_all(
+        &self,
+        entries: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>,
+    ) -> rusqlite::Result<()> {
+        let mut w = lock(&self.store.writer);
+        let tx = w.transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(&format!(
+                "INSERT OR REPLACE INTO \"{}\" (k, v) VALUES (?1, ?2)",
+                self.table
+            ))?;
+            for (k, v) in entries {
+                stmt.execute(params![k, v])?;
+            }
+        }
+        tx.commit()
+    }
+
     pub fn get(&self, key: impl AsRef<[u8]>) -> rusqlite::Result<Option<Vec<u8>>> {
         lock(&self.store.writer)
             .query_row(
