@@ -298,11 +298,7 @@ fn block_with_wrong_blake3_is_refused_and_leaves_no_backup() {
     d.wv.server.allow_errors("finish");
     archive_one_segment(&d.primary);
     let sysid = d.primary.system_identifier();
-    let lsn: walvault_proto::Lsn = d
-        .primary
-        .psql("SELECT pg_current_wal_lsn()")
-        .parse()
-        .expect("lsn");
+    let lsn = d.primary.current_lsn();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
 
     // A block whose hash is that of other bytes.
@@ -398,11 +394,7 @@ fn reserved_names_are_refused(dir_backend: bool) {
     let before = tree_hashes(&d.clone_backup(&first.id, "before").data);
     assert!(before.contains_key("PG_VERSION"), "{before:?}");
     let sysid = d.primary.system_identifier();
-    let lsn: walvault_proto::Lsn = d
-        .primary
-        .psql("SELECT pg_current_wal_lsn()")
-        .parse()
-        .expect("lsn");
+    let lsn = d.primary.current_lsn();
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
     let data = b"99\n".to_vec();
     let own = [

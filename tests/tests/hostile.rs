@@ -243,44 +243,7 @@ fn a_hostile_agent_is_refused_or_cut_off_and_the_other_tenants_archive_meanwhile
 
         // A block far past the largest file a backup may send.
         rt.block_on(async {
-            let mut client = pb::backup_client::BackupClient::new(channel(agent).await);
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tx.send(begin(sysid, 0)).await.expect("queue begin");
-            let mut resp = client
-                .run_backup(ReceiverStream::new(rx))
-                .await
-                .expect("begins")
-                .into_inner();
-            let data = vec![1u8; 8192];
-            for part in [
-                BackupReq::Started(pb::BackupStarted {
-                    start_lsn: 0x300_0028,
-                    timeline: 1,
-                    start_unix: 1,
-                }),
-                BackupReq::File(pb::FileHeader {
-                    area: "data".into(),
-                    path: "base/1/99999".into(),
-                    mode: 0o600,
-                    directory: false,
-                }),
-                BackupReq::Blocks(pb::FileBlocks {
-                    blocks: vec![pb::Block {
-                        index: 1 << 27,
-                        blake3: blake3::hash(&data).as_bytes().to_vec(),
-                        compression: pb::Compression::None as i32,
-                        data,
-                    }],
-                }),
-            ] {
-                let _ = tx.send(pb::BackupRequest { part: Some(part) }).await;
-            }
-            let end = loop {
-                match resp.message().await {
-                    Ok(Some(_)) => continue,
-                    other => break other,
-                }
-            };
+            let end = hostile_backup(agent, sysid, "base/1/99999", 1 << 27, None).await;
             assert!(
                 matches!(&end, Err(s) if s.message().contains("limits.max_file_bytes")),
                 "{end:?}"
@@ -290,47 +253,10 @@ fn a_hostile_agent_is_refused_or_cut_off_and_the_other_tenants_archive_meanwhile
         // A 1 GiB file (the largest allowed) of one block at its end, left by a backup that
         // goes away: the next begin reads what was written, not the file's size.
         rt.block_on(async {
-            let mut client = pb::backup_client::BackupClient::new(channel(agent).await);
-            let (tx, rx) = tokio::sync::mpsc::channel(8);
-            tx.send(begin(sysid, 0)).await.expect("queue begin");
-            let mut resp = client
-                .run_backup(ReceiverStream::new(rx))
-                .await
-                .expect("begins")
-                .into_inner();
-            let data = vec![1u8; 8192];
-            for part in [
-                BackupReq::Started(pb::BackupStarted {
-                    start_lsn: 0x300_0028,
-                    timeline: 1,
-                    start_unix: 1,
-                }),
-                BackupReq::File(pb::FileHeader {
-                    area: "data".into(),
-                    path: "base/1/99998".into(),
-                    mode: 0o600,
-                    directory: false,
-                }),
-                BackupReq::Blocks(pb::FileBlocks {
-                    blocks: vec![pb::Block {
-                        index: (1 << 30) / 8192 - 1,
-                        blake3: blake3::hash(&data).as_bytes().to_vec(),
-                        compression: pb::Compression::None as i32,
-                        data,
-                    }],
-                }),
-                BackupReq::FileEnd(pb::FileEnd { size: 1 << 30 }),
-            ] {
-                tx.send(pb::BackupRequest { part: Some(part) })
-                    .await
-                    .expect("queue a part");
-            }
-            // The acceptance, then the manifest; leave once the server has taken the file.
-            resp.message().await.expect("accepted");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            drop(tx);
-            while let Ok(Some(_)) = resp.message().await {}
-        });
+            let last = (1 << 30) / 8192 - 1;
+            hostile_backup(agent, sysid, "base/1/99998", last, Some(1 << 30)).await
+        })
+        .expect_err("a file of one block out of 131072 was accepted");
         let t = Instant::now();
         backup_ok(&d.agent, &d.primary, &[]);
         let log = d.wv.server.log_text();
@@ -467,6 +393,60 @@ fn begin(system_identifier: u64, tablespaces: u32) -> pb::BackupRequest {
             tablespaces: (16_400..16_400 + tablespaces).collect(),
             host: "hostile".into(),
         })),
+    }
+}
+
+/// A backup that sends one file holding one block at `index` (and a `file_end` of `size`),
+/// then goes away; how the server ended it.
+async fn hostile_backup(
+    agent: &Client,
+    sysid: u64,
+    path: &str,
+    index: u64,
+    size: Option<u64>,
+) -> Result<(), tonic::Status> {
+    let mut client = pb::backup_client::BackupClient::new(channel(agent).await);
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(begin(sysid, 0)).await.expect("queue begin");
+    let mut resp = client
+        .run_backup(ReceiverStream::new(rx))
+        .await
+        .expect("begins")
+        .into_inner();
+    let data = vec![1u8; 8192];
+    let mut parts = vec![
+        BackupReq::Started(pb::BackupStarted {
+            start_lsn: 0x300_0028,
+            timeline: 1,
+            start_unix: 1,
+        }),
+        BackupReq::File(pb::FileHeader {
+            area: "data".into(),
+            path: path.into(),
+            mode: 0o600,
+            directory: false,
+        }),
+        BackupReq::Blocks(pb::FileBlocks {
+            blocks: vec![pb::Block {
+                index,
+                blake3: blake3::hash(&data).as_bytes().to_vec(),
+                compression: pb::Compression::None as i32,
+                data,
+            }],
+        }),
+    ];
+    parts.extend(size.map(|size| BackupReq::FileEnd(pb::FileEnd { size })));
+    for part in parts {
+        // The server may already have refused the stream.
+        let _ = tx.send(pb::BackupRequest { part: Some(part) }).await;
+    }
+    drop(tx);
+    loop {
+        match resp.message().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => return Ok(()),
+            Err(s) => return Err(s),
+        }
     }
 }
 

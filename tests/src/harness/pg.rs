@@ -218,21 +218,25 @@ impl Pg {
         self.dir.to_string_lossy().into_owned()
     }
 
+    /// `pg_current_wal_lsn()`.
+    pub fn current_lsn(&self) -> walvault_proto::Lsn {
+        let text = self.psql("SELECT pg_current_wal_lsn()");
+        text.parse()
+            .unwrap_or_else(|e| panic!("{}: pg_current_wal_lsn() gave {text:?}: {e}", self.name))
+    }
+
     /// `pg_ctl start -w`: returns once the instance accepts connections.
     pub fn start(&mut self) {
-        self.as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data.to_string_lossy(),
-                "-l",
-                &self.log_path().to_string_lossy(),
-                "-w",
-                "-t",
-                "150",
-                "start",
-            ],
-        );
+        self.pg_ctl_start(&["-w", "-t", "150"]);
+    }
+
+    fn pg_ctl_start(&mut self, wait: &[&str]) {
+        let data = self.data.to_string_lossy().into_owned();
+        let log = self.log_path().to_string_lossy().into_owned();
+        let mut args = vec!["-D", &data, "-l", &log];
+        args.extend_from_slice(wait);
+        args.push("start");
+        self.as_postgres("pg_ctl", &args);
         self.running = true;
     }
 
@@ -241,18 +245,7 @@ impl Pg {
     /// given up (its log says it shut down).
     pub fn start_no_wait(&mut self) {
         let log_before = self.server_log().len();
-        self.as_postgres(
-            "pg_ctl",
-            &[
-                "-D",
-                &self.data.to_string_lossy(),
-                "-l",
-                &self.log_path().to_string_lossy(),
-                "-W",
-                "start",
-            ],
-        );
-        self.running = true;
+        self.pg_ctl_start(&["-W"]);
         super::wait_until(
             &format!("{} to start or give up", self.name),
             Duration::from_secs(60),
