@@ -37,6 +37,17 @@ struct RawConfig {
     retention: RawRetention,
     #[serde(default)]
     verify: RawVerify,
+    #[serde(default)]
+    rollforward: RawRollForward,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRollForward {
+    interval_secs: Option<u64>,
+    every_minutes: Option<u64>,
+    every_mib: Option<u64>,
+    max_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -303,6 +314,32 @@ fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
     Ok(c)
 }
 
+fn parse_rollforward(raw: &RawRollForward) -> Result<RollForwardConfig, String> {
+    let d = RollForwardConfig::default();
+    let every = raw.every_minutes.map(|m| m * 60);
+    let every_bytes = raw.every_mib.map(|m| m << 20);
+    if every == Some(0) && every_bytes == Some(0) {
+        return Err(
+            "rollforward.every_minutes and rollforward.every_mib are both 0: set one, or \
+             rollforward.interval_secs = 0 to turn roll-forward off"
+                .into(),
+        );
+    }
+    if raw.max_secs == Some(0) {
+        return Err("rollforward.max_secs must be at least 1".into());
+    }
+    Ok(RollForwardConfig {
+        interval: match raw.interval_secs {
+            Some(0) => None,
+            Some(s) => Some(Duration::from_secs(s)),
+            None => d.interval,
+        },
+        every: every.map(Duration::from_secs).unwrap_or(d.every),
+        every_bytes: every_bytes.unwrap_or(d.every_bytes),
+        max: raw.max_secs.map(Duration::from_secs).unwrap_or(d.max),
+    })
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -323,6 +360,33 @@ pub struct Config {
     /// How often the server verifies every cluster's archive and backups; `None`: only on
     /// demand.
     pub verify_interval: Option<Duration>,
+    pub rollforward: RollForwardConfig,
+}
+
+/// When the server rolls each cluster's newest backup forward from the archive.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollForwardConfig {
+    /// How often the server looks for clusters due; `None`: never rolls forward.
+    pub interval: Option<Duration>,
+    /// A cluster is due once its newest snapshot is this old and commits followed it…
+    pub every: Duration,
+    /// … or once this much WAL followed it.
+    pub every_bytes: u64,
+    /// How long one roll-forward may replay before it is given up (and resumed next time).
+    pub max: Duration,
+}
+
+impl Default for RollForwardConfig {
+    /// Hourly or every GiB: a 7-day window of hourly snapshots costs only the blocks they
+    /// change, and a PITR replays at most about an hour (or a GiB) of WAL.
+    fn default() -> Self {
+        Self {
+            interval: Some(Duration::from_secs(60)),
+            every: Duration::from_secs(3600),
+            every_bytes: 1 << 30,
+            max: Duration::from_secs(6 * 3600),
+        }
+    }
 }
 
 impl Config {
@@ -399,6 +463,7 @@ impl Config {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },
+            rollforward: parse_rollforward(&raw.rollforward)?,
         })
     }
 }

@@ -11,6 +11,10 @@ pub const POINTS: &[&str] = &[
     "push-after-link",
     // `restore::instance::start`: PostgreSQL started on the clone, recovery under way.
     "instance-recovering",
+    // `RollForward::run`: the chain's standby started, replay under way.
+    "rollforward-replaying",
+    // `RollForward::run`: the snapshot taken, not yet catalogued.
+    "rollforward-snapshotted",
 ];
 
 fn armed() -> Option<&'static str> {

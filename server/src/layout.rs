@@ -44,6 +44,8 @@ pub mod backup_props {
     pub const VERIFIED: &str = "verified";
     /// bytes read, sent, written, blocks written, files, changed, deleted, duration ms.
     pub const STATS: &str = "stats";
+    /// A roll-forward snapshot's base backup (absent on backups).
+    pub const BASE: &str = "base";
 }
 
 /// Property of a restore's dataset (`restores/<id>`): the catalog's record, as JSON.
@@ -69,6 +71,8 @@ pub struct ClusterLayout {
     pub tablespaces: DatasetPath,
     pub wal: DatasetPath,
     pub restores: DatasetPath,
+    /// Parent of the roll-forward chains, one per base backup: `rollforward/<backup>`.
+    pub rollforward: DatasetPath,
 }
 
 impl ClusterLayout {
@@ -80,10 +84,45 @@ impl ClusterLayout {
             tablespaces: db.join("tblspc")?,
             wal: cluster.join("wal")?,
             restores: cluster.join("restores")?,
+            rollforward: cluster.join("rollforward")?,
             db,
             cluster,
         })
     }
+
+    /// The roll-forward chain cloned from backup `base`.
+    pub fn chain(&self, base: &str) -> Result<DatasetPath, StorageError> {
+        self.rollforward.join(base)
+    }
+
+    /// Where snapshot `id` lives: the datasets holding the PGDATA and the tablespaces at
+    /// `@id`. A backup's are `db/data` and `db/tblspc`; a roll-forward snapshot's are its
+    /// chain's (`rollforward/<base>/data`, `…/tblspc`).
+    pub fn snapshot_of(&self, base: Option<&str>) -> Result<SnapshotDatasets, StorageError> {
+        Ok(match base {
+            None => SnapshotDatasets {
+                parent: self.db.clone(),
+                data: self.data.clone(),
+                tablespaces: self.tablespaces.clone(),
+            },
+            Some(b) => {
+                let chain = self.chain(b)?;
+                SnapshotDatasets {
+                    data: chain.join("data")?,
+                    tablespaces: chain.join("tblspc")?,
+                    parent: chain,
+                }
+            }
+        })
+    }
+}
+
+/// The datasets a restorable snapshot is taken of, recursively from `parent`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotDatasets {
+    pub parent: DatasetPath,
+    pub data: DatasetPath,
+    pub tablespaces: DatasetPath,
 }
 
 /// Directory inside the WAL dataset where files are written before they are renamed into

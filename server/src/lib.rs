@@ -13,6 +13,7 @@ pub mod pg;
 pub mod process;
 pub mod restore;
 pub mod retention;
+pub mod rollforward;
 pub mod storage;
 pub mod tenancy;
 pub mod tls;
@@ -44,6 +45,8 @@ pub enum ServeError {
     Recover(#[from] wal::ArchiveError),
     #[error("clean up interrupted restores: {0}")]
     Restores(#[from] restore::RestoreError),
+    #[error("clean up interrupted roll-forwards: {0}")]
+    RollForward(#[from] rollforward::RollForwardError),
     #[error("list clusters: {0}")]
     Tenancy(#[from] tenancy::TenancyError),
     #[error("{0}")]
@@ -109,6 +112,22 @@ fn scheduled_verify(d: &api::Domain, id: &walvault_proto::ClusterId) {
     }
 }
 
+/// Rolls a cluster forward if it is due.
+fn scheduled_rollforward(d: &api::Domain, id: &walvault_proto::ClusterId) {
+    use rollforward::Outcome;
+    match d.rollforward.run(id, false) {
+        Ok(Outcome::Snapshot { record, replayed }) => {
+            tracing::info!(cluster = %id, snapshot = %record.id, replayed = %human_bytes(replayed), "scheduled roll-forward")
+        }
+        Ok(Outcome::Skipped(why)) => {
+            tracing::info!(cluster = %id, "scheduled roll-forward skipped: {why}")
+        }
+        Ok(Outcome::NotDue(_)) => {}
+        Err(rollforward::RollForwardError::Busy(_)) => {}
+        Err(e) => tracing::error!(cluster = %id, "scheduled roll-forward: {e}"),
+    }
+}
+
 /// What a start-up makes good after a crash: the archive's leftovers of interrupted pushes,
 /// each WAL directory reconciled with the catalog (files published but not catalogued are
 /// catalogued, files gone are recorded as damaged), and restores a dead process left half
@@ -128,6 +147,10 @@ fn recover(domain: &api::Domain) -> Result<(), ServeError> {
             tracing::error!(cluster = %id, %name, "a file in the WAL directory fails its checks and was not catalogued: {why}");
         }
         domain.archive.ledger(id)?;
+        let catalogued = domain.rollforward.clean_up_interrupted(id)?;
+        if !catalogued.is_empty() {
+            tracing::warn!(cluster = %id, snapshots = ?catalogued, "catalogued roll-forward snapshots the last stop left uncatalogued");
+        }
     }
     let cleaned = domain.restores.clean_up_interrupted()?;
     if !cleaned.is_empty() {
@@ -175,6 +198,22 @@ pub async fn run(
             scheduled_verify,
         ));
     }
+    if let Some(every) = config.rollforward.interval {
+        tokio::spawn(on_schedule(
+            domain.clone(),
+            every,
+            "roll-forward",
+            scheduled_rollforward,
+        ));
+    }
+    // A roll-forward stops its standby at once when the server stops.
+    let shutdown = {
+        let rf = domain.rollforward.clone();
+        async move {
+            shutdown.await;
+            rf.stop();
+        }
+    };
     let s = api::services(domain);
     Server::builder()
         .timeout(config.request_timeout)

@@ -8,6 +8,7 @@
 //! Damage found is recorded by the archive (and logged at ERROR there), which refuses to hand
 //! the file out from then on; a push of its good copy repairs it.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,7 +18,7 @@ use walvault_proto::{ClusterId, WalFileName};
 use crate::catalog::{Catalog, CatalogError};
 use crate::layout::ClusterLayout;
 use crate::restore::{RestoreError, Restores};
-use crate::storage::{Storage, StorageError};
+use crate::storage::{DatasetPath, Storage, StorageError};
 use crate::wal::{ArchiveError, WalArchive};
 
 #[derive(Debug, thiserror::Error)]
@@ -223,19 +224,25 @@ impl Verifier {
             }
         };
         let l = ClusterLayout::of(cluster).map_err(storage_err("name its datasets"))?;
-        let db = self
-            .storage
-            .snapshots(&l.db)
-            .map_err(storage_err("list the backups' snapshots"))?;
-        let data = self
-            .storage
-            .snapshots(&l.data)
-            .map_err(storage_err("list the PGDATA snapshots"))?;
+        let mut listed: BTreeMap<DatasetPath, Vec<String>> = BTreeMap::new();
         let windows = crate::restore::plan::windows(facts);
         for b in self.catalog.backups(cluster)? {
             report.backups_checked += 1;
-            for (what, snaps, ds) in [("", &db, &l.db), (" of PGDATA", &data, &l.data)] {
-                if !snaps.iter().any(|s| s.name == b.id) {
+            // A backup's snapshots are of `db`, a roll-forward snapshot's of its chain.
+            let where_ = l
+                .snapshot_of(b.base.as_deref())
+                .map_err(storage_err("name the datasets of a snapshot"))?;
+            for (what, ds) in [("", &where_.parent), (" of PGDATA", &where_.data)] {
+                if !listed.contains_key(ds) {
+                    let names = match self.storage.snapshots(ds) {
+                        Ok(s) => s.into_iter().map(|s| s.name).collect(),
+                        Err(StorageError::DatasetNotFound(_)) => Vec::new(),
+                        Err(e) => return Err(storage_err("list the backups' snapshots")(e)),
+                    };
+                    listed.insert(ds.clone(), names);
+                }
+                let snaps = &listed[ds];
+                if !snaps.contains(&b.id) {
                     report.problems.push(Problem {
                         kind: ProblemKind::Backup,
                         name: b.id.clone(),

@@ -57,7 +57,7 @@ pub async fn list(
         return Ok(());
     }
     crate::outln!(
-        "{:<18} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<21} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "ID",
         "KIND",
         "STATE",
@@ -73,7 +73,7 @@ pub async fn list(
     );
     for b in &backups {
         crate::outln!(
-            "{:<18} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>7.1}s {:>10} {:>10} {:>10} {:>10}",
+            "{:<21} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>7.1}s {:>10} {:>10} {:>10} {:>10}",
             b.id,
             b.kind,
             b.state,
@@ -117,5 +117,6 @@ fn to_json(b: &pb::BackupInfo) -> serde_json::Value {
         "files_deleted": b.files_deleted,
         "duration_ms": b.duration_ms,
         "snapshot_bytes": b.snapshot_bytes,
+        "base": (!b.base.is_empty()).then_some(&b.base),
     })
 }

@@ -99,6 +99,7 @@ pub(super) fn info(v: &BackupView) -> pb::BackupInfo {
         snapshot_bytes: v.snapshot_bytes,
         host: r.host.clone(),
         state: if v.running { "running" } else { "complete" }.to_owned(),
+        base: r.base.clone().unwrap_or_default(),
     }
 }
 

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::restore::Restores;
 use crate::retention::prune::Pruner;
 use crate::retention::Policies;
+use crate::rollforward::RollForward;
 use crate::storage::Storage;
 use crate::tenancy::Tenancy;
 use crate::verify::Verifier;
@@ -43,6 +44,7 @@ pub struct Domain {
     pub policies: Policies,
     pub pruner: Pruner,
     pub verifier: Verifier,
+    pub rollforward: RollForward,
     /// How much work may run at once, per cluster, tenant and server.
     pub budget: Budget,
 }
@@ -67,6 +69,15 @@ impl Domain {
             config.limits.clones_per_tenant,
         );
         let policies = Policies::new(storage.clone(), catalog.clone());
+        let rollforward = RollForward::new(
+            storage.clone(),
+            catalog.clone(),
+            restores.clone(),
+            backups.clone(),
+            config.rollforward.clone(),
+            config.restore.clone(),
+            &config.pg_user,
+        );
         let pruner = Pruner::new(
             storage.clone(),
             catalog.clone(),
@@ -74,6 +85,7 @@ impl Domain {
             backups.clone(),
             restores.clone(),
             policies.clone(),
+            rollforward.clone(),
         );
         let verifier = Verifier::new(
             storage.clone(),
@@ -88,6 +100,7 @@ impl Domain {
             policies,
             pruner,
             verifier,
+            rollforward,
             budget: Budget::new(config.limits.clone()),
             tenancy: Tenancy::new(storage, catalog),
         }

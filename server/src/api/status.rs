@@ -136,7 +136,7 @@ pub fn retention(e: RetentionError) -> Status {
         E::Restore(r) => restore(*r),
         E::Archive(a) => archive(*a),
         E::Catalog(c) => catalog(msg, &c),
-        E::Storage { .. } | E::Io { .. } => fail(msg),
+        E::Storage { .. } | E::Io { .. } | E::RollForward(_) => fail(msg),
     }
 }
 

@@ -599,6 +599,7 @@ impl Backups {
                 record: BackupRecord {
                     id: r.id.clone(),
                     kind: r.kind,
+                    base: None,
                     label: r.label.clone(),
                     host: r.host.clone(),
                     start_lsn,
@@ -629,6 +630,23 @@ impl Backups {
                     .join(&child)
                     .map_err(Self::storage_err(cluster, "name a tablespace dataset"))?,
             );
+        }
+        // Roll-forward snapshots are held by their chains.
+        if self
+            .storage
+            .exists(&l.rollforward)
+            .map_err(Self::storage_err(cluster, "look for roll-forward chains"))?
+        {
+            for base in self
+                .storage
+                .children(&l.rollforward)
+                .map_err(Self::storage_err(cluster, "list roll-forward chains"))?
+            {
+                let chain = l
+                    .snapshot_of(Some(&base))
+                    .map_err(Self::storage_err(cluster, "name a roll-forward chain"))?;
+                datasets.extend([chain.parent, chain.data]);
+            }
         }
         let mut out = HashMap::new();
         for ds in datasets {

@@ -17,7 +17,7 @@ pub fn snapshot_properties(r: &BackupRecord) -> BTreeMap<String, String> {
         .take(200)
         .collect();
     let s = &r.stats;
-    [
+    let mut props: BTreeMap<String, String> = [
         (p::BACKUP, r.id.clone()),
         (p::KIND, r.kind.as_str().to_owned()),
         (p::LABEL, label),
@@ -34,8 +34,12 @@ pub fn snapshot_properties(r: &BackupRecord) -> BTreeMap<String, String> {
         (p::TIMELINE, r.timeline.to_string()),
         (p::START_TIME, r.start_unix.to_string()),
         (p::STOP_TIME, r.stop_unix.to_string()),
-        // Not replayed yet: consistent once recovery passes the stop LSN (roll-forward).
-        (p::CONSISTENT, "false".to_owned()),
+        // A backup is consistent once recovery passes its stop LSN; a roll-forward snapshot
+        // was shut down by PostgreSQL itself at a consistent point.
+        (
+            p::CONSISTENT,
+            (r.kind == crate::catalog::BackupKind::Rollforward).to_string(),
+        ),
         (p::VERIFIED, "false".to_owned()),
         (
             p::STATS,
@@ -54,7 +58,11 @@ pub fn snapshot_properties(r: &BackupRecord) -> BTreeMap<String, String> {
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
-    .collect()
+    .collect();
+    if let Some(base) = &r.base {
+        props.insert(p::BASE.to_owned(), base.clone());
+    }
+    props
 }
 
 /// The backup a snapshot's properties describe; `None` for a snapshot that is no backup.
@@ -70,6 +78,7 @@ pub fn record_from_properties(props: &BTreeMap<String, String>) -> Option<Backup
     Some(BackupRecord {
         id: get(p::BACKUP)?.to_owned(),
         kind: get(p::KIND)?.parse().ok()?,
+        base: get(p::BASE).map(str::to_owned),
         label: get(p::LABEL).unwrap_or("").to_owned(),
         host: get(p::HOST).unwrap_or("").to_owned(),
         start_lsn: get(p::START_LSN)?.parse::<Lsn>().ok()?,
@@ -100,6 +109,7 @@ mod tests {
         let r = BackupRecord {
             id: "20261122T101500Z".into(),
             kind: BackupKind::Incremental,
+            base: None,
             label: "nightly".into(),
             host: "db1".into(),
             start_lsn: Lsn(0x2000028),
@@ -118,7 +128,19 @@ mod tests {
                 duration_ms: 8,
             },
         };
-        assert_eq!(record_from_properties(&snapshot_properties(&r)), Some(r));
+        assert_eq!(
+            record_from_properties(&snapshot_properties(&r)).as_ref(),
+            Some(&r)
+        );
+        let rolled = BackupRecord {
+            id: "rf-20261122T111500Z".into(),
+            kind: BackupKind::Rollforward,
+            base: Some(r.id.clone()),
+            ..r
+        };
+        let props = snapshot_properties(&rolled);
+        assert_eq!(props.get(p::CONSISTENT).map(String::as_str), Some("true"));
+        assert_eq!(record_from_properties(&props), Some(rolled));
         assert_eq!(record_from_properties(&BTreeMap::new()), None);
     }
 }

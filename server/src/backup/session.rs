@@ -476,6 +476,7 @@ impl Session {
         let record = BackupRecord {
             id: self.id.clone(),
             kind: self.kind,
+            base: None,
             label: self.req.label.clone(),
             host: self.req.host.clone(),
             start_lsn,

@@ -19,11 +19,15 @@ use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId};
 
 use super::{cluster_key, decode, encode, Catalog, CatalogError, VALUE_V1};
 
-/// One completed backup: a recursive snapshot of the cluster's `db` dataset.
+/// One restorable snapshot: a completed backup (a recursive snapshot of the cluster's `db`
+/// dataset), or a roll-forward of one (a snapshot of its chain, `rollforward/<base>`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackupRecord {
     pub id: String,
     pub kind: BackupKind,
+    /// For a roll-forward snapshot: the backup its chain was cloned from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
     pub label: String,
     pub host: String,
     pub start_lsn: Lsn,
@@ -41,6 +45,8 @@ pub enum BackupKind {
     Full,
     /// Only what changed since the cluster's copy was last written.
     Incremental,
+    /// The server's own: a backup's copy replayed forward from the archive.
+    Rollforward,
 }
 
 impl BackupKind {
@@ -48,6 +54,7 @@ impl BackupKind {
         match self {
             BackupKind::Full => "full",
             BackupKind::Incremental => "incremental",
+            BackupKind::Rollforward => "rollforward",
         }
     }
 }
@@ -58,6 +65,7 @@ impl std::str::FromStr for BackupKind {
         match s {
             "full" => Ok(BackupKind::Full),
             "incremental" => Ok(BackupKind::Incremental),
+            "rollforward" => Ok(BackupKind::Rollforward),
             other => Err(format!("{other:?} is not a backup kind")),
         }
     }

@@ -225,6 +225,33 @@ fn rebuild_backups(
             )),
         }
     }
+    // Roll-forward snapshots, one chain per base backup.
+    if storage
+        .exists(&l.rollforward)
+        .map_err(st(format!("look for the roll-forward chains of {cluster}")))?
+    {
+        for base in storage
+            .children(&l.rollforward)
+            .map_err(st(format!("list the roll-forward chains of {cluster}")))?
+        {
+            let chain = l.chain(&base).map_err(st("name a roll-forward chain"))?;
+            for snap in storage
+                .snapshots(&chain)
+                .map_err(st(format!("list the snapshots of {chain}")))?
+            {
+                match props::record_from_properties(&snap.properties) {
+                    Some(record) => {
+                        catalog.put_backup(cluster, &record)?;
+                        report.backups += 1;
+                    }
+                    None => report.skipped.push(format!(
+                        "snapshot {chain}@{}: not a walvault roll-forward snapshot",
+                        snap.name
+                    )),
+                }
+            }
+        }
+    }
     let mut areas = vec![(Area::Data, l.data.clone())];
     for child in storage
         .children(&l.tablespaces)

@@ -55,6 +55,8 @@ pub enum Goal {
     Promoted,
     /// The postmaster exited cleanly by itself (`recovery_target_action = shutdown`).
     ShutDown,
+    /// Still in recovery (a standby), having replayed up to this LSN at least.
+    Replayed(walvault_proto::Lsn),
 }
 
 impl fmt::Display for Goal {
@@ -63,6 +65,7 @@ impl fmt::Display for Goal {
             Goal::Paused => "paused at the recovery target",
             Goal::Promoted => "promoted",
             Goal::ShutDown => "shut down",
+            Goal::Replayed(l) => return write!(f, "replayed to {l} as a standby"),
         })
     }
 }
@@ -564,11 +567,24 @@ impl Instance {
         match goal {
             Goal::Paused if p.in_recovery && p.paused => Some(Ok(last.clone())),
             Goal::Promoted if !p.in_recovery => Some(Ok(last.clone())),
+            Goal::Replayed(want)
+                if p.in_recovery
+                    && p.replay_lsn
+                        .as_deref()
+                        .and_then(|l| l.parse::<walvault_proto::Lsn>().ok())
+                        .is_some_and(|l| l >= want) =>
+            {
+                Some(Ok(last.clone()))
+            }
+            Goal::Replayed(_) if !p.in_recovery => Some(Err(self.unreachable(
+                goal,
+                format!("it left recovery (promoted) after replaying to {at}"),
+            ))),
             Goal::Paused | Goal::ShutDown if !p.in_recovery => Some(Err(self.unreachable(
                 goal,
                 format!("it left recovery (promoted) after replaying to {at}"),
             ))),
-            Goal::Promoted | Goal::ShutDown if p.paused => Some(Err(self.unreachable(
+            Goal::Promoted | Goal::ShutDown | Goal::Replayed(_) if p.paused => Some(Err(self.unreachable(
                 goal,
                 format!("recovery is paused at {at} and waits for pg_wal_replay_resume() or pg_promote()"),
             ))),
@@ -601,6 +617,12 @@ impl Instance {
         stop_postmaster(&self.bins, &self.spec.pgdata, &self.run_as)?;
         tracing::info!(pgdata = %self.spec.pgdata.display(), "stopped PostgreSQL");
         Ok(())
+    }
+
+    /// `pg_ctl stop -m immediate`: the server is going away and cannot wait for a
+    /// restartpoint; the next start goes on recovering from the last one.
+    pub fn stop_now(&self) -> Result<(), PgError> {
+        super::stop_immediately(&self.bins, &self.spec.pgdata, &self.run_as)
     }
 
     /// The data directory.

@@ -12,6 +12,7 @@
 //!   in that data directory: a clone carries the pid of a process on the source host.
 
 mod conf;
+pub mod control;
 mod instance;
 
 #[cfg(test)]
@@ -102,6 +103,8 @@ pub enum PgError {
         #[source]
         source: ProcessError,
     },
+    #[error("{pgdata}: unexpected control file contents: {detail}")]
+    Control { pgdata: String, detail: String },
     #[error("PostgreSQL on port {port} does not accept connections yet: {reason}")]
     NotReady { port: u16, reason: String },
     #[error("query PostgreSQL on port {port}: {source}")]
@@ -339,6 +342,38 @@ pub fn stop_dir(bins: &PgBinaries, pgdata: &Path, os_user: &str) -> Result<(), P
     stop_postmaster(bins, pgdata, &run_as)
 }
 
+/// `pg_ctl stop -m immediate -w`; Ok if none runs.
+fn stop_immediately(bins: &PgBinaries, pgdata: &Path, run_as: &RunAs) -> Result<(), PgError> {
+    if !is_running(pgdata) {
+        return Ok(());
+    }
+    let mut cmd = run_as.command(&bins.program("pg_ctl"));
+    cmd.arg("stop").arg("-D").arg(pgdata).args([
+        "-m",
+        "immediate",
+        "-w",
+        "-t",
+        &STOP_IMMEDIATE_SECS.to_string(),
+        "-s",
+    ]);
+    match process::run(&mut cmd) {
+        Err(source) if is_running(pgdata) => Err(PgError::Command {
+            what: format!("stop PostgreSQL on {} at once", pgdata.display()),
+            source,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Stops whatever postmaster runs on `pgdata` at once (a job a dead server left running).
+pub fn stop_dir_now(bins: &PgBinaries, pgdata: &Path, os_user: &str) -> Result<(), PgError> {
+    if !is_running(pgdata) {
+        return Ok(());
+    }
+    let run_as = RunAs::resolve(os_user)?;
+    stop_immediately(bins, pgdata, &run_as)
+}
+
 /// `pg_ctl stop -m fast -w`, then `-m immediate` if that fails while the postmaster still runs.
 fn stop_postmaster(bins: &PgBinaries, pgdata: &Path, run_as: &RunAs) -> Result<(), PgError> {
     if !is_running(pgdata) {
@@ -484,7 +519,7 @@ mod unit_tests {
     fn errors_stay_small_enough_to_return_by_value() {
         // clippy's result_large_err starts at 128 bytes; callers wrap PgError in their own.
         assert!(
-            std::mem::size_of::<PgError>() <= 112,
+            std::mem::size_of::<PgError>() <= 120,
             "{}",
             std::mem::size_of::<PgError>()
         );

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use walvault_proto::{Area, ClusterId};
 
 use super::RestoreError;
-use crate::layout::ClusterLayout;
+use crate::layout::{ClusterLayout, SnapshotDatasets};
 use crate::storage::{DatasetOptions, DatasetPath, Storage};
 
 #[derive(Debug, Clone)]
@@ -92,12 +92,14 @@ impl RestoreClone {
         })
     }
 
-    /// Clones backup `backup` of `cluster`: its data and every tablespace its
-    /// `tablespace_map` names. Nothing is left behind on failure.
+    /// Clones snapshot `backup` of `cluster` (of `source`, where a backup or a roll-forward
+    /// snapshot lives): its data and every tablespace its `tablespace_map` names. Nothing is
+    /// left behind on failure.
     pub fn create(
         storage: &dyn Storage,
         cluster: &ClusterId,
         id: &str,
+        source: &SnapshotDatasets,
         backup: &str,
     ) -> Result<Self, RestoreError> {
         let (l, dataset) = Self::paths(cluster, id)?;
@@ -121,7 +123,7 @@ impl RestoreClone {
         let result = (|| {
             let data = this.child("data")?;
             storage
-                .clone_snapshot(&l.data, backup, &data)
+                .clone_snapshot(&source.data, backup, &data)
                 .map_err(RestoreError::storage(ctx(&format!(
                     "clone the data of backup {backup}"
                 ))))?;
@@ -132,7 +134,7 @@ impl RestoreClone {
                     .create(&parent, &DatasetOptions::default())
                     .map_err(RestoreError::storage(ctx("create tblspc")))?;
                 for (oid, _) in oids {
-                    let from = l
+                    let from = source
                         .tablespaces
                         .join(&oid.to_string())
                         .map_err(RestoreError::storage(ctx("name a tablespace")))?;

@@ -61,7 +61,10 @@ pub fn stop_leftover(
 
 /// The restore_command of an instance on this server: the server's own binary unpacks
 /// archived files straight from the cluster's WAL directory.
-fn restore_command(restores: &Restores, planned: &Planned) -> Result<String, RestoreError> {
+pub(crate) fn restore_command(
+    restores: &Restores,
+    planned: &Planned,
+) -> Result<String, RestoreError> {
     let exe = std::env::current_exe().map_err(RestoreError::io("find walvault-server's binary"))?;
     let wal = restores.archive().wal_dir_path(&planned.cluster)?;
     Ok(format!(

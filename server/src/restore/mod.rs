@@ -415,6 +415,26 @@ impl Restores {
         })
     }
 
+    /// The datasets snapshot `id` of `cluster` is taken of (a backup's or a roll-forward
+    /// chain's).
+    pub fn snapshot_datasets(
+        &self,
+        cluster: &ClusterId,
+        id: &str,
+    ) -> Result<crate::layout::SnapshotDatasets, RestoreError> {
+        let base = self
+            .catalog
+            .backups(cluster)?
+            .into_iter()
+            .find(|b| b.id == id)
+            .and_then(|b| b.base);
+        crate::layout::ClusterLayout::of(cluster)
+            .and_then(|l| l.snapshot_of(base.as_deref()))
+            .map_err(RestoreError::storage(format!(
+                "{cluster}: name the datasets of snapshot {id}"
+            )))
+    }
+
     /// Clones the planned snapshot and records the restore. Blocking.
     pub fn open_clone(
         &self,
@@ -437,10 +457,12 @@ impl Restores {
                 limit: self.clones_per_tenant,
             });
         }
+        let source = self.snapshot_datasets(&planned.cluster, &planned.plan.backup.id)?;
         let c = RestoreClone::create(
             self.storage.as_ref(),
             &planned.cluster,
             &planned.id,
+            &source,
             &planned.plan.backup.id,
         )?;
         let record = RestoreRecord {

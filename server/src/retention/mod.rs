@@ -32,6 +32,8 @@ pub enum RetentionError {
     Restore(Box<crate::restore::RestoreError>),
     #[error(transparent)]
     Archive(Box<crate::wal::ArchiveError>),
+    #[error(transparent)]
+    RollForward(Box<crate::rollforward::RollForwardError>),
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -20,6 +20,7 @@ use crate::backup::Backups;
 use crate::catalog::Catalog;
 use crate::layout::ClusterLayout;
 use crate::restore::Restores;
+use crate::rollforward::RollForward;
 use crate::storage::{Storage, StorageError};
 use crate::wal::WalArchive;
 
@@ -52,6 +53,7 @@ pub struct Pruner {
     backups: Backups,
     restores: Restores,
     policies: Policies,
+    rollforward: RollForward,
     busy: Arc<Mutex<HashSet<ClusterId>>>,
 }
 
@@ -78,6 +80,7 @@ impl Pruner {
         backups: Backups,
         restores: Restores,
         policies: Policies,
+        rollforward: RollForward,
     ) -> Self {
         Self {
             storage,
@@ -86,6 +89,7 @@ impl Pruner {
             backups,
             restores,
             policies,
+            rollforward,
             busy: Arc::default(),
         }
     }
@@ -110,13 +114,20 @@ impl Pruner {
             .into_iter()
             .map(|w| w.name)
             .collect();
-        let in_use: BTreeSet<String> = self
+        let mut in_use: BTreeSet<String> = self
             .catalog
             .restores()?
             .into_iter()
             .filter(|r| r.cluster == *cluster)
             .map(|r| r.backup_id)
             .collect();
+        // A roll-forward chain is a clone of its base backup: the base stays while it does
+        // (the chain goes once retention has pruned its snapshots).
+        in_use.extend(
+            self.rollforward
+                .chain_bases(cluster)
+                .map_err(|e| RetentionError::RollForward(Box::new(e)))?,
+        );
         let running_backup_start = self.backups.running_start(cluster).flatten();
         Ok(plan::plan(&PruneInput {
             now_unix,
@@ -217,8 +228,15 @@ impl Pruner {
             .collect();
         let mut skipped = Vec::new();
         for id in &job.backups {
+            // A backup's snapshot is of `db`; a roll-forward snapshot is of its chain.
+            let parent = match records.get(id).and_then(|r| r.base.as_deref()) {
+                Some(base) => l
+                    .chain(base)
+                    .map_err(storage_err(format!("name chain {base} of {cluster}")))?,
+                None => l.db.clone(),
+            };
             self.catalog.remove_backup(cluster, id)?;
-            match self.storage.destroy_snapshot(&l.db, id, true) {
+            match self.storage.destroy_snapshot(&parent, id, true) {
                 Ok(()) | Err(StorageError::SnapshotNotFound { .. }) => {
                     tracing::info!(cluster = %cluster, backup = %id, "backup pruned");
                 }

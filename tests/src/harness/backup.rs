@@ -44,6 +44,9 @@ pub struct BackupInfo {
     pub snapshot_bytes: u64,
     pub host: String,
     pub state: String,
+    /// A roll-forward snapshot's base backup.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 impl BackupInfo {

@@ -371,8 +371,14 @@ impl Lab {
     /// Like [`Deployment::start`], with a `[restore]` section in the server's configuration.
     /// `None` (skipped) when PostgreSQL or ZFS are missing.
     pub fn start(name: &str, scale: Option<u32>) -> Option<Self> {
+        Self::start_with(name, scale, "")
+    }
+
+    /// [`Lab::start`] with `extra` TOML (more sections) in the server's configuration.
+    pub fn start_with(name: &str, scale: Option<u32>, extra: &str) -> Option<Self> {
         let ports = restore_ports(PORTS_PER_SERVER);
-        let d = Deployment::start_with(name, scale, &restore_section(ports))?;
+        let d =
+            Deployment::start_with(name, scale, &format!("{}\n{extra}", restore_section(ports)))?;
         let operator = d.wv.operator("acme", None);
         Some(Self {
             d,
@@ -645,7 +651,7 @@ pub fn wait_in_recovery(pg: &Pg, in_recovery: bool) {
 /// Directories under the server's storage that hold a `postmaster.pid`: the data
 /// directories of instances it started. Each is stopped (`pg_ctl stop -m immediate` as
 /// `postgres`), so that the storage can be destroyed; returns them.
-fn stop_postgres_on_storage(storage: &Storage, log: &Log) -> Vec<PathBuf> {
+pub fn stop_postgres_on_storage(storage: &Storage, log: &Log) -> Vec<PathBuf> {
     let mut roots: Vec<PathBuf> = match storage {
         Storage::Zfs(pool) => {
             // Every dataset's mountpoint: clones may be mounted anywhere.
