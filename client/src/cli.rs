@@ -65,6 +65,10 @@ pub enum Command {
         /// Every cluster the certificate may see (admins: all).
         #[arg(long, conflicts_with = "tenant")]
         all: bool,
+        /// Also clone, recover and check this backup or roll-forward snapshot of the cluster
+        /// now (the server checks every new snapshot by itself; see `walvault backups`).
+        #[arg(long, value_name = "ID", conflicts_with_all = ["tenant", "all"])]
+        snapshot: Option<String>,
         /// Print the reports as JSON.
         #[arg(long)]
         json: bool,

@@ -53,13 +53,18 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             }
         }
         Command::WalList { json } => commands::wal_list::run(&config, cluster, json).await?,
-        Command::Verify { tenant, all, json } => {
+        Command::Verify {
+            tenant,
+            all,
+            snapshot,
+            json,
+        } => {
             let scope = match (cluster, tenant.as_ref(), all) {
                 (_, Some(t), _) => commands::verify::Scope::Tenant(t),
                 (_, None, true) => commands::verify::Scope::All,
                 (c, None, false) => commands::verify::Scope::Cluster(c),
             };
-            return commands::verify::run(&config, scope, json).await;
+            return commands::verify::run(&config, scope, snapshot.as_deref(), json).await;
         }
         Command::Backup {
             label,

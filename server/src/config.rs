@@ -60,6 +60,7 @@ struct RawRetention {
 #[serde(deny_unknown_fields)]
 struct RawVerify {
     interval_secs: Option<u64>,
+    snapshots_interval_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -360,6 +361,9 @@ pub struct Config {
     /// How often the server verifies every cluster's archive and backups; `None`: only on
     /// demand.
     pub verify_interval: Option<Duration>,
+    /// How often the server looks for snapshots to verify (clone, recover, check); `None`:
+    /// only on demand.
+    pub snapshot_check_interval: Option<Duration>,
     pub rollforward: RollForwardConfig,
 }
 
@@ -460,6 +464,10 @@ impl Config {
                 s => Some(Duration::from_secs(s)),
             },
             verify_interval: match raw.verify.interval_secs.unwrap_or(86_400) {
+                0 => None,
+                s => Some(Duration::from_secs(s)),
+            },
+            snapshot_check_interval: match raw.verify.snapshots_interval_secs.unwrap_or(60) {
                 0 => None,
                 s => Some(Duration::from_secs(s)),
             },

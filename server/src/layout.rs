@@ -73,6 +73,8 @@ pub struct ClusterLayout {
     pub restores: DatasetPath,
     /// Parent of the roll-forward chains, one per base backup: `rollforward/<backup>`.
     pub rollforward: DatasetPath,
+    /// Parent of the clones snapshot verification makes (and destroys).
+    pub verify: DatasetPath,
 }
 
 impl ClusterLayout {
@@ -85,6 +87,7 @@ impl ClusterLayout {
             wal: cluster.join("wal")?,
             restores: cluster.join("restores")?,
             rollforward: cluster.join("rollforward")?,
+            verify: cluster.join("verify")?,
             db,
             cluster,
         })

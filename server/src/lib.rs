@@ -45,6 +45,8 @@ pub enum ServeError {
     Recover(#[from] wal::ArchiveError),
     #[error("clean up interrupted restores: {0}")]
     Restores(#[from] restore::RestoreError),
+    #[error("clean up interrupted verifications: {0}")]
+    Verify(#[from] verify::VerifyError),
     #[error("clean up interrupted roll-forwards: {0}")]
     RollForward(#[from] rollforward::RollForwardError),
     #[error("list clusters: {0}")]
@@ -112,6 +114,13 @@ fn scheduled_verify(d: &api::Domain, id: &walvault_proto::ClusterId) {
     }
 }
 
+/// Verifies a cluster's newest snapshot not verified yet (the checker logs what it finds).
+fn scheduled_snapshot_check(d: &api::Domain, id: &walvault_proto::ClusterId) {
+    if let Err(e) = d.verifier.check_next(id) {
+        tracing::error!(cluster = %id, "scheduled snapshot verification: {e}");
+    }
+}
+
 /// Rolls a cluster forward if it is due.
 fn scheduled_rollforward(d: &api::Domain, id: &walvault_proto::ClusterId) {
     use rollforward::Outcome;
@@ -147,6 +156,10 @@ fn recover(domain: &api::Domain) -> Result<(), ServeError> {
             tracing::error!(cluster = %id, %name, "a file in the WAL directory fails its checks and was not catalogued: {why}");
         }
         domain.archive.ledger(id)?;
+        let discarded = domain.verifier.clean_up_checks(id)?;
+        if discarded > 0 {
+            tracing::warn!(cluster = %id, clones = discarded, "destroyed verification clones the last stop left; their snapshots are verified again");
+        }
         let catalogued = domain.rollforward.clean_up_interrupted(id)?;
         if !catalogued.is_empty() {
             tracing::warn!(cluster = %id, snapshots = ?catalogued, "catalogued roll-forward snapshots the last stop left uncatalogued");
@@ -196,6 +209,14 @@ pub async fn run(
             every,
             "verification",
             scheduled_verify,
+        ));
+    }
+    if let Some(every) = config.snapshot_check_interval {
+        tokio::spawn(on_schedule(
+            domain.clone(),
+            every,
+            "snapshot verification",
+            scheduled_snapshot_check,
         ));
     }
     if let Some(every) = config.rollforward.interval {

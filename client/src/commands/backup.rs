@@ -57,10 +57,11 @@ pub async fn list(
         return Ok(());
     }
     crate::outln!(
-        "{:<21} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "{:<21} {:<11} {:<9} {:<9} {:<23} {:>12} {:>12} {:>3} {:>8} {:>10} {:>10} {:>10} {:>10}",
         "ID",
         "KIND",
         "STATE",
+        "CHECK",
         "STARTED",
         "START LSN",
         "STOP LSN",
@@ -73,10 +74,15 @@ pub async fn list(
     );
     for b in &backups {
         crate::outln!(
-            "{:<21} {:<11} {:<9} {:<23} {:>12} {:>12} {:>3} {:>7.1}s {:>10} {:>10} {:>10} {:>10}",
+            "{:<21} {:<11} {:<9} {:<9} {:<23} {:>12} {:>12} {:>3} {:>7.1}s {:>10} {:>10} {:>10} {:>10}",
             b.id,
             b.kind,
             b.state,
+            if b.state == "running" {
+                "-"
+            } else {
+                b.verification.as_str()
+            },
             utc_time(b.start_unix),
             Lsn(b.start_lsn).to_string(),
             if b.state == "running" {
@@ -93,6 +99,14 @@ pub async fn list(
         );
     }
     crate::outln!("{} backups", backups.len());
+    for b in backups.iter().filter(|b| b.verification == "failed") {
+        let why = b
+            .receipt
+            .as_ref()
+            .map(|r| r.errors.join("; "))
+            .unwrap_or_default();
+        crate::outln!("{} FAILED its verification: {why}", b.id);
+    }
     Ok(())
 }
 
@@ -118,5 +132,16 @@ fn to_json(b: &pb::BackupInfo) -> serde_json::Value {
         "duration_ms": b.duration_ms,
         "snapshot_bytes": b.snapshot_bytes,
         "base": (!b.base.is_empty()).then_some(&b.base),
+        "verification": b.verification,
+        "receipt": b.receipt.as_ref().map(|r| serde_json::json!({
+            "verified": r.verified,
+            "checked_unix": r.checked_unix,
+            "checks": r.checks,
+            "first_query_ms": r.first_query_ms,
+            "duration_ms": r.duration_ms,
+            "tables": r.tables,
+            "indexes": r.indexes,
+            "errors": r.errors,
+        })),
     })
 }

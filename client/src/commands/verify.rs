@@ -19,7 +19,13 @@ pub enum Scope<'a> {
     All,
 }
 
-pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<bool, ClientError> {
+/// `snapshot`: with a cluster, also check that snapshot now.
+pub async fn run(
+    config: &ClientConfig,
+    scope: Scope<'_>,
+    snapshot: Option<&str>,
+    json: bool,
+) -> Result<bool, ClientError> {
     let (request, what) = match scope {
         Scope::Cluster(c) => {
             let r = super::cluster_ref(config, c);
@@ -31,6 +37,7 @@ pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<
                 pb::VerifyRequest {
                     cluster: r,
                     tenant: String::new(),
+                    snapshot: snapshot.unwrap_or_default().to_owned(),
                 },
                 what,
             )
@@ -39,6 +46,7 @@ pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<
             pb::VerifyRequest {
                 cluster: None,
                 tenant: t.to_string(),
+                snapshot: String::new(),
             },
             format!("the clusters of tenant {t}"),
         ),
@@ -46,6 +54,7 @@ pub async fn run(config: &ClientConfig, scope: Scope<'_>, json: bool) -> Result<
             pb::VerifyRequest {
                 cluster: None,
                 tenant: String::new(),
+                snapshot: String::new(),
             },
             "every cluster you may see".into(),
         ),

@@ -234,6 +234,12 @@ impl pb::admin_server::Admin for AdminApi {
         let who = principal(&request)?;
         let req = request.into_inner();
         let named = cluster_ref(req.cluster)?;
+        let snapshot = (!req.snapshot.is_empty()).then_some(req.snapshot);
+        if snapshot.is_some() && named.is_none() {
+            return Err(Status::invalid_argument(
+                "--snapshot needs the cluster it belongs to (--cluster)",
+            ));
+        }
         let tenant = (!req.tenant.is_empty())
             .then(|| tenant_id(&req.tenant))
             .transpose()?;
@@ -270,6 +276,12 @@ impl pb::admin_server::Admin for AdminApi {
                 // The caller went away: stop after the cluster at hand.
                 if tx.is_closed() {
                     return;
+                }
+                if let Some(id) = &snapshot {
+                    if let Err(e) = verifier.check_snapshot(&c, id) {
+                        let _ = tx.blocking_send(Err(status::verify(e)));
+                        return;
+                    }
                 }
                 let msg = verifier
                     .verify(&c)

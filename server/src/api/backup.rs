@@ -100,6 +100,22 @@ pub(super) fn info(v: &BackupView) -> pb::BackupInfo {
         host: r.host.clone(),
         state: if v.running { "running" } else { "complete" }.to_owned(),
         base: r.base.clone().unwrap_or_default(),
+        verification: match &r.receipt {
+            None => "pending",
+            Some(x) if x.verified => "verified",
+            Some(_) => "failed",
+        }
+        .to_owned(),
+        receipt: r.receipt.as_ref().map(|x| pb::VerificationReceipt {
+            verified: x.verified,
+            checked_unix: x.checked_unix,
+            checks: x.checks.clone(),
+            first_query_ms: x.first_query_ms,
+            duration_ms: x.duration_ms,
+            tables: x.tables,
+            indexes: x.indexes,
+            errors: x.errors.clone(),
+        }),
     }
 }
 

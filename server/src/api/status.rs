@@ -142,7 +142,9 @@ pub fn retention(e: RetentionError) -> Status {
 
 pub fn verify(e: VerifyError) -> Status {
     match e {
-        VerifyError::ClusterNotFound(_) => refuse(Code::NotFound, e.to_string()),
+        VerifyError::ClusterNotFound(_) | VerifyError::SnapshotNotFound { .. } => {
+            refuse(Code::NotFound, e.to_string())
+        }
         VerifyError::Archive(a) => archive(a),
         VerifyError::Restore(r) => restore(*r),
         VerifyError::Catalog(c) => catalog(c.to_string(), &c),

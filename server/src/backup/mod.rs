@@ -608,6 +608,7 @@ impl Backups {
                     start_unix: r.started_unix,
                     stop_unix: 0,
                     stats,
+                    receipt: None,
                 },
                 running: true,
                 snapshot_bytes: 0,

@@ -96,6 +96,7 @@ pub fn record_from_properties(props: &BTreeMap<String, String>) -> Option<Backup
             files_deleted: stat(6),
             duration_ms: stat(7),
         },
+        receipt: None,
     })
 }
 
@@ -127,6 +128,7 @@ mod tests {
                 files_deleted: 7,
                 duration_ms: 8,
             },
+            receipt: None,
         };
         assert_eq!(
             record_from_properties(&snapshot_properties(&r)).as_ref(),

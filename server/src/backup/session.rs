@@ -485,6 +485,7 @@ impl Session {
             start_unix,
             stop_unix: f.stop_unix,
             stats,
+            receipt: None,
         };
         self.snapshot(&record)?;
         self.backups.catalog.put_backup(&self.cluster, &record)?;

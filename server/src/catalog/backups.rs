@@ -36,6 +36,25 @@ pub struct BackupRecord {
     pub start_unix: i64,
     pub stop_unix: i64,
     pub stats: BackupStats,
+    /// The last verification of the snapshot; `None`: pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Receipt>,
+}
+
+/// What verifying a snapshot found: it was cloned, recovered to consistency and checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub verified: bool,
+    pub checked_unix: i64,
+    /// The checks that ran, in words ("page checksums", "amcheck", …).
+    pub checks: Vec<String>,
+    /// From the start of the clone to the first answered query.
+    pub first_query_ms: u64,
+    pub duration_ms: u64,
+    pub tables: u64,
+    pub indexes: u64,
+    /// Why it failed (empty when verified).
+    pub errors: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -16,7 +16,9 @@ pub mod rebuild;
 mod restores;
 mod store;
 
-pub use backups::{BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession, Ranges, Touched};
+pub use backups::{
+    BackupKind, BackupRecord, BackupStats, FileEntry, OpenSession, Ranges, Receipt, Touched,
+};
 pub use integrity::DamageRecord;
 pub use restores::RestoreRecord;
 

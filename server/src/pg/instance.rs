@@ -335,13 +335,14 @@ impl Instance {
     }
 
     /// The server's own connection: the private socket, as the superuser.
-    fn socket_conninfo(&self) -> String {
+    fn socket_conninfo(&self, dbname: &str) -> String {
         format!(
-            "host={} port={} user={} dbname=postgres connect_timeout={CONNECT_TIMEOUT_SECS} \
+            "host={} port={} user={} dbname={} connect_timeout={CONNECT_TIMEOUT_SECS} \
              application_name=walvault",
             conninfo_value(&self.spec.socket_dir.to_string_lossy()),
             self.spec.port,
-            conninfo_value(&self.spec.superuser)
+            conninfo_value(&self.spec.superuser),
+            conninfo_value(dbname)
         )
     }
 
@@ -349,9 +350,14 @@ impl Instance {
     /// OS user; returns trimmed stdout. [`PgError::NotReady`] when the instance does not accept
     /// connections yet.
     pub fn query(&self, sql: &str) -> Result<String, PgError> {
+        self.query_in("postgres", sql)
+    }
+
+    /// [`Instance::query`] in database `dbname`.
+    pub fn query_in(&self, dbname: &str, sql: &str) -> Result<String, PgError> {
         let mut cmd = self.run_as.command(&self.bins.program("psql"));
         cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-            .arg(self.socket_conninfo())
+            .arg(self.socket_conninfo(dbname))
             .arg("-c")
             .arg(sql);
         match process::run_stdout(&mut cmd) {

@@ -365,6 +365,12 @@ fn stop_immediately(bins: &PgBinaries, pgdata: &Path, run_as: &RunAs) -> Result<
     }
 }
 
+/// A command running PostgreSQL program `name` of `bins` as `os_user` (through runuser when
+/// the server is root).
+pub fn program_command(bins: &PgBinaries, os_user: &str, name: &str) -> Result<Command, PgError> {
+    Ok(RunAs::resolve(os_user)?.command(&bins.program(name)))
+}
+
 /// Stops whatever postmaster runs on `pgdata` at once (a job a dead server left running).
 pub fn stop_dir_now(bins: &PgBinaries, pgdata: &Path, os_user: &str) -> Result<(), PgError> {
     if !is_running(pgdata) {

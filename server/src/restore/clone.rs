@@ -102,7 +102,23 @@ impl RestoreClone {
         source: &SnapshotDatasets,
         backup: &str,
     ) -> Result<Self, RestoreError> {
-        let (l, dataset) = Self::paths(cluster, id)?;
+        let (l, _) = Self::paths(cluster, id)?;
+        Self::create_in(storage, cluster, &l.restores, id, source, backup)
+    }
+
+    /// [`RestoreClone::create`] under `parent` (`<cluster>/restores`, or another dataset of
+    /// the cluster that holds clones of its own, such as verification's) as `parent/<id>`.
+    pub fn create_in(
+        storage: &dyn Storage,
+        cluster: &ClusterId,
+        parent: &DatasetPath,
+        id: &str,
+        source: &SnapshotDatasets,
+        backup: &str,
+    ) -> Result<Self, RestoreError> {
+        let dataset = parent
+            .join(id)
+            .map_err(RestoreError::storage(format!("name clone {id}")))?;
         let this = Self {
             id: id.to_owned(),
             cluster: cluster.clone(),
@@ -110,12 +126,12 @@ impl RestoreClone {
         };
         let ctx = |what: &str| format!("{cluster}: restore {id}: {what}");
         if !storage
-            .exists(&l.restores)
-            .map_err(RestoreError::storage(ctx("look for the restores dataset")))?
+            .exists(parent)
+            .map_err(RestoreError::storage(ctx("look for the clones' dataset")))?
         {
             storage
-                .create(&l.restores, &DatasetOptions::default())
-                .map_err(RestoreError::storage(ctx("create the restores dataset")))?;
+                .create(parent, &DatasetOptions::default())
+                .map_err(RestoreError::storage(ctx("create the clones' dataset")))?;
         }
         storage
             .create(&this.dataset, &DatasetOptions::default())

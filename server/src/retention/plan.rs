@@ -39,6 +39,10 @@ pub struct PruneInput<'a> {
     pub wal_files: &'a [String],
     /// Backup ids a restore clone or a running backup depends on.
     pub in_use: &'a BTreeSet<String>,
+    /// Snapshots kept whatever the rules say, with why: a roll-forward chain's base (its
+    /// clone depends on it) and the newest verified snapshot. Unlike `in_use`, they hold only
+    /// the WAL they need to become consistent.
+    pub held: &'a BTreeMap<String, String>,
     /// A backup in progress needs WAL from here on, on the latest timeline.
     pub running_backup_start: Option<Lsn>,
 }
@@ -240,6 +244,7 @@ pub fn plan(input: &PruneInput) -> PrunePlan {
     p.grid(&order);
     p.min_backups(&order);
     p.in_use();
+    p.held();
     p.latest();
     p.running_backup();
     p.kept_backups_wal();
@@ -575,6 +580,14 @@ impl<'a> Planner<'a> {
     }
 
     /// Each kept backup keeps what it needs to become consistent.
+    fn held(&mut self) {
+        for b in &self.facts.backups {
+            if let Some(why) = self.input.held.get(&b.id) {
+                self.keep_backup(&b.id, why.clone());
+            }
+        }
+    }
+
     fn kept_backups_wal(&mut self) {
         let kept: Vec<&BackupPoint> = self
             .facts

@@ -101,12 +101,17 @@ impl Pruner {
             .restores
             .facts(cluster)
             .map_err(|e| RetentionError::Restore(Box::new(e)))?;
-        let backup_times: BTreeMap<String, i64> = self
-            .catalog
-            .backups(cluster)?
-            .into_iter()
-            .map(|b| (b.id, b.stop_unix))
+        let records = self.catalog.backups(cluster)?;
+        let backup_times: BTreeMap<String, i64> = records
+            .iter()
+            .map(|b| (b.id.clone(), b.stop_unix))
             .collect();
+        // The newest snapshot proven to restore stays, whatever the rules say.
+        let newest_verified = records
+            .iter()
+            .filter(|b| b.receipt.as_ref().is_some_and(|r| r.verified))
+            .max_by(|a, b| (a.stop_lsn, &a.id).cmp(&(b.stop_lsn, &b.id)))
+            .map(|b| b.id.clone());
         let wal_files: Vec<String> = self
             .archive
             .list(cluster)
@@ -114,7 +119,7 @@ impl Pruner {
             .into_iter()
             .map(|w| w.name)
             .collect();
-        let mut in_use: BTreeSet<String> = self
+        let in_use: BTreeSet<String> = self
             .catalog
             .restores()?
             .into_iter()
@@ -123,11 +128,17 @@ impl Pruner {
             .collect();
         // A roll-forward chain is a clone of its base backup: the base stays while it does
         // (the chain goes once retention has pruned its snapshots).
-        in_use.extend(
-            self.rollforward
-                .chain_bases(cluster)
-                .map_err(|e| RetentionError::RollForward(Box::new(e)))?,
-        );
+        let mut held: BTreeMap<String, String> = self
+            .rollforward
+            .chain_bases(cluster)
+            .map_err(|e| RetentionError::RollForward(Box::new(e)))?
+            .into_iter()
+            .map(|b| (b, "the base of a roll-forward chain".to_owned()))
+            .collect();
+        if let Some(id) = newest_verified {
+            held.entry(id)
+                .or_insert_with(|| "the newest verified snapshot".to_owned());
+        }
         let running_backup_start = self.backups.running_start(cluster).flatten();
         Ok(plan::plan(&PruneInput {
             now_unix,
@@ -136,6 +147,7 @@ impl Pruner {
             backup_times: &backup_times,
             wal_files: &wal_files,
             in_use: &in_use,
+            held: &held,
             running_backup_start,
         }))
     }

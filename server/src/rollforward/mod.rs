@@ -90,7 +90,7 @@ pub enum RollForwardError {
 pub enum Outcome {
     /// A new snapshot, catalogued.
     Snapshot {
-        record: BackupRecord,
+        record: Box<BackupRecord>,
         /// WAL replayed by this job, in bytes of LSN.
         replayed: u64,
     },
@@ -324,7 +324,10 @@ impl RollForward {
         self.ensure_chain(cluster, &l, &chain)?;
         let record = self.replay(cluster, &chain, &planned, &base)?;
         let replayed = record.stop_lsn.0.saturating_sub(last.stop_lsn.0);
-        Ok(Outcome::Snapshot { record, replayed })
+        Ok(Outcome::Snapshot {
+            record: Box::new(record),
+            replayed,
+        })
     }
 
     /// Creates the chain of `chain.base` if it does not exist: a clone of the backup's PGDATA.
@@ -512,6 +515,7 @@ impl RollForward {
                 duration_ms: started.elapsed().as_millis() as u64,
                 ..BackupStats::default()
             },
+            receipt: None,
         };
         self.storage
             .snapshot(

@@ -47,6 +47,23 @@ pub struct BackupInfo {
     /// A roll-forward snapshot's base backup.
     #[serde(default)]
     pub base: Option<String>,
+    /// "verified", "failed" or "pending".
+    #[serde(default)]
+    pub verification: String,
+    #[serde(default)]
+    pub receipt: Option<Receipt>,
+}
+
+/// A snapshot's verification receipt, as `walvault backups --json` prints it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Receipt {
+    pub verified: bool,
+    pub checks: Vec<String>,
+    pub first_query_ms: u64,
+    pub duration_ms: u64,
+    pub tables: u64,
+    pub indexes: u64,
+    pub errors: Vec<String>,
 }
 
 impl BackupInfo {
@@ -166,6 +183,11 @@ impl Storage {
             Self::Zfs(pool) => Some(format!("{}/walvault/{cluster}/db", pool.name())),
             Self::Dir(_) => None,
         }
+    }
+
+    /// The server's copy of the cluster's PGDATA (its `db/data` dataset).
+    pub fn data_copy_dir(&self, cluster: &str) -> PathBuf {
+        self.db_dir(cluster).join("data")
     }
 
     fn db_dir(&self, cluster: &str) -> PathBuf {

@@ -321,6 +321,16 @@ impl Pg {
         self.stop_mode("fast");
     }
 
+    /// Turns data checksums on (`pg_checksums --enable` on the stopped cluster), then starts
+    /// it again.
+    pub fn enable_data_checksums(&mut self) {
+        self.stop();
+        let data = self.data.to_string_lossy().into_owned();
+        self.as_postgres("pg_checksums", &["--enable", "-D", &data]);
+        self.start();
+        assert_eq!(self.psql("SHOW data_checksums"), "on");
+    }
+
     /// `psql -XAtq` on database `postgres`, stopping at the first error; panics on failure.
     pub fn psql(&self, sql: &str) -> String {
         let r = self.try_psql(sql);

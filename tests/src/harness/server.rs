@@ -449,6 +449,18 @@ impl Walvault {
         );
         // Clients running as postgres must read the CA certificate.
         chmod(&certs.ca_cert(), 0o644);
+        // The server's own background jobs start PostgreSQL on its storage: a test asks for
+        // them (and for how often), so that no other test finds an instance it did not start.
+        let mut extra = extra.to_owned();
+        for (section, off) in [
+            ("[verify]", "snapshots_interval_secs = 0"),
+            ("[rollforward]", "interval_secs = 0"),
+        ] {
+            if !extra.contains(section) {
+                extra.push_str(&format!("\n{section}\n{off}\n"));
+            }
+        }
+        let extra = extra.as_str();
         if !extra.is_empty() {
             let mut text = std::fs::read_to_string(&config)
                 .unwrap_or_else(|e| panic!("read {}: {e}", config.display()));

@@ -38,6 +38,7 @@ struct Cluster {
     times: BTreeMap<String, i64>,
     files: Vec<String>,
     in_use: BTreeSet<String>,
+    held: BTreeMap<String, String>,
     running: Option<Lsn>,
 }
 
@@ -103,6 +104,7 @@ impl Cluster {
             backup_times: &self.times,
             wal_files: &self.files,
             in_use: &self.in_use,
+            held: &self.held,
             running_backup_start: self.running,
         })
     }
@@ -235,6 +237,30 @@ fn a_policy_without_rules_drops_nothing() {
     assert_eq!(p.drops().count(), 0);
     assert_eq!(p.kept_backups().collect::<Vec<_>>(), ["b02", "b04", "b06"]);
     assert!(reasons(&p, Item::Backup("b02".into())).contains("no rule"));
+}
+
+#[test]
+fn a_held_snapshot_stays_with_the_wal_it_needs_to_become_consistent() {
+    let mut c = with_backups(line(10, HOUR), HOUR, &[2, 4, 6]);
+    let newest_only = Policy {
+        min_backups: 1,
+        ..no_rules()
+    };
+    let p = c.plan(T0 + 100 * DAY, newest_only);
+    assert!(!kept_backup(&p, "b02") && !kept_backup(&p, "b04"));
+    c.held
+        .insert("b02".into(), "the base of a roll-forward chain".into());
+    let p = c.plan(T0 + 100 * DAY, newest_only);
+    assert!(kept_backup(&p, "b02"));
+    assert!(!kept_backup(&p, "b04"));
+    assert!(reasons(&p, Item::Backup("b02".into())).contains("roll-forward chain"));
+    assert!(reasons(&p, Item::Wal(wal(1, 2))).contains("needed by backup b02"));
+    // Unlike a restore's clone, it holds no WAL past its consistent point.
+    assert!(
+        !kept_file(&p, &wal(1, 3)),
+        "{:?}",
+        decision(&p, &Item::Wal(wal(1, 3)))
+    );
 }
 
 #[test]

@@ -21,10 +21,14 @@ use crate::restore::{RestoreError, Restores};
 use crate::storage::{DatasetPath, Storage, StorageError};
 use crate::wal::{ArchiveError, WalArchive};
 
+mod snapshot;
+
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
     #[error("cluster {0} does not exist")]
     ClusterNotFound(ClusterId),
+    #[error("{cluster} has no backup or roll-forward snapshot {id}; see walvault backups")]
+    SnapshotNotFound { cluster: ClusterId, id: String },
     #[error(transparent)]
     Archive(#[from] ArchiveError),
     #[error(transparent)]
@@ -228,6 +232,17 @@ impl Verifier {
         let windows = crate::restore::plan::windows(facts);
         for b in self.catalog.backups(cluster)? {
             report.backups_checked += 1;
+            if let Some(r) = b.receipt.as_ref().filter(|r| !r.verified) {
+                report.problems.push(Problem {
+                    kind: ProblemKind::Backup,
+                    name: b.id.clone(),
+                    detail: format!(
+                        "its snapshot failed verification at {}: {}",
+                        walvault_proto::utc_time_micros(r.checked_unix.saturating_mul(1_000_000)),
+                        r.errors.join("; ")
+                    ),
+                });
+            }
             // A backup's snapshots are of `db`, a roll-forward snapshot's of its chain.
             let where_ = l
                 .snapshot_of(b.base.as_deref())
