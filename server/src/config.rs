@@ -71,6 +71,8 @@ struct RawRestore {
     pg_bin: Option<String>,
     superuser: Option<String>,
     wait_secs: Option<u64>,
+    local_wal_dir: Option<String>,
+    shared_buffers: Option<String>,
 }
 
 fn default_pg_user() -> String {
@@ -261,6 +263,11 @@ pub struct RestoreConfig {
     pub superuser: String,
     /// How long a restore may take to reach its target.
     pub wait: Duration,
+    /// Where the `pg_wal` of clones PostgreSQL recovers lives (a local disk: recovery writes
+    /// and reads every segment there); `None`: in the clone.
+    pub local_wal_dir: Option<PathBuf>,
+    /// `shared_buffers` of the instances the server starts; `None`: the source's setting.
+    pub shared_buffers: Option<String>,
 }
 
 impl Default for RestoreConfig {
@@ -271,7 +278,37 @@ impl Default for RestoreConfig {
             pg_bin: "/usr/lib/postgresql/{major}/bin".into(),
             superuser: "postgres".into(),
             wait: Duration::from_secs(3600),
+            local_wal_dir: Some(PathBuf::from("/var/tmp/walvault-wal")),
+            shared_buffers: None,
         }
+    }
+}
+
+impl RestoreConfig {
+    /// The local directory for the `pg_wal` of the clone `label` names, if configured.
+    pub fn local_wal(&self, label: &str) -> Option<PathBuf> {
+        self.local_wal_dir.as_ref().map(|d| {
+            d.join(
+                label
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() || c == '-' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .collect::<String>(),
+            )
+        })
+    }
+
+    /// Settings every instance the server starts gets.
+    pub fn tuning(&self) -> Vec<(String, String)> {
+        self.shared_buffers
+            .iter()
+            .map(|b| ("shared_buffers".to_owned(), b.clone()))
+            .collect()
     }
 }
 
@@ -311,6 +348,26 @@ fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
             return Err("restore.wait_secs must be at least 1".into());
         }
         c.wait = Duration::from_secs(w);
+    }
+    if let Some(d) = raw.local_wal_dir {
+        c.local_wal_dir = match d.as_str() {
+            "" => None,
+            d if d.starts_with('/') => Some(PathBuf::from(d)),
+            d => {
+                return Err(format!(
+                    "restore.local_wal_dir = {d:?} must be an absolute path (\"\": in the clone)"
+                ))
+            }
+        };
+    }
+    if let Some(b) = raw.shared_buffers {
+        let ok = !b.is_empty() && b.chars().all(|c| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(format!(
+                "restore.shared_buffers = {b:?} is not a size like \"1GB\""
+            ));
+        }
+        c.shared_buffers = Some(b);
     }
     Ok(c)
 }

@@ -12,8 +12,10 @@ use std::time::Duration;
 use walvault_proto::Lsn;
 use walvault_tests::harness::{
     backup::{backup_ok, list_backups, BackupInfo},
-    restore::{archive_now, stop_postgres_on_storage, Lab, PointInTime},
+    restore::{archive_now, stop_postgres_on_storage, wait_promoted, Lab, PointInTime},
     wait_until,
+    wal::archive_conf,
+    Pg,
 };
 
 const CLUSTER: &str = "acme/db1";
@@ -251,4 +253,72 @@ fn a_server_killed_mid_roll_forward_leaves_nothing_behind() {
         stray.is_empty(),
         "PostgreSQL still ran on the storage: {stray:?}"
     );
+}
+
+#[test]
+fn roll_forward_follows_a_promotion_to_timeline_2() {
+    let Some(mut lab) = Lab::start_with("rollforward_tl2", Some(1), EAGER) else {
+        return;
+    };
+    lab.d.primary.psql(
+        "CREATE TABLE notes (id int PRIMARY KEY, tl int NOT NULL); \
+         INSERT INTO notes SELECT g, 1 FROM generate_series(1, 1000) g",
+    );
+    let backup = backup_ok(&lab.d.agent, &lab.d.primary, &[]);
+
+    // A streaming standby that archives into the same cluster once promoted.
+    let mut conf = archive_conf(&lab.d.agent);
+    conf.extend([
+        format!(
+            "restore_command = '{}'",
+            lab.d.agent.shell_command("wal-fetch %f %p")
+        ),
+        format!("primary_conninfo = '{}'", lab.d.primary.conninfo()),
+        "hot_standby = on".to_owned(),
+    ]);
+    let mut new_primary = Pg::basebackup(lab.td(), "standby", &lab.d.primary, &conf, true);
+    new_primary.start();
+    lab.d.primary.pgbench(&["-n", "-t", "100"]);
+    let sent = lab.d.primary.current_lsn();
+    wait_until(
+        &format!("the standby to replay up to {sent}"),
+        Duration::from_secs(120),
+        || {
+            let r = new_primary.psql(&format!(
+                "SELECT coalesce(pg_last_wal_replay_lsn() >= '{sent}', false)"
+            ));
+            (r == "t").then_some(())
+        },
+    );
+    archive_now(&lab.d.primary);
+    lab.d.primary.stop();
+    assert_eq!(new_primary.psql("SELECT pg_promote()"), "t");
+    wait_promoted(&new_primary);
+    new_primary.psql("INSERT INTO notes SELECT g, 2 FROM generate_series(2001, 2500) g");
+    new_primary.pgbench(&["-n", "-t", "100"]);
+    let before = new_primary.current_lsn();
+    let last = new_primary.checksums();
+    archive_now(&new_primary);
+
+    let rf = wait_until(
+        "a roll-forward snapshot on timeline 2",
+        Duration::from_secs(240),
+        || {
+            rolled(&lab)
+                .into_iter()
+                .rfind(|b| b.timeline == 2 && b.stop() >= before)
+        },
+    );
+    assert_eq!(rf.base.as_deref(), Some(backup.id.as_str()), "{rf:?}");
+    let inst = lab.restore_instance(&["--latest"]);
+    assert_eq!(inst.info.backup_id, rf.id, "{:?}", inst.info);
+    assert_eq!(
+        inst.checksums(),
+        last,
+        "--latest on timeline 2 from {}",
+        rf.id
+    );
+    lab.drop_restore(&inst.info.id);
+    drop(new_primary);
+    lab.d.wv.server.stop();
 }

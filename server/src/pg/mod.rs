@@ -14,6 +14,7 @@
 mod conf;
 pub mod control;
 mod instance;
+pub mod localwal;
 
 #[cfg(test)]
 mod tests;

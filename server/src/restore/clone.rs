@@ -245,8 +245,13 @@ impl RestoreClone {
         Ok(out)
     }
 
-    /// Destroys the clone and everything under it.
+    /// Destroys the clone and everything under it (and its `pg_wal` on the local disk).
     pub fn destroy(&self, storage: &dyn Storage) -> Result<(), RestoreError> {
+        if let Ok(data) = self.data_dir(storage) {
+            if let Err(e) = crate::pg::localwal::discard(&data) {
+                tracing::warn!(clone = %self.dataset, "remove the local pg_wal of the clone: {e}");
+            }
+        }
         match storage.exists(&self.dataset) {
             Ok(false) => return Ok(()),
             Ok(true) => {}

@@ -143,6 +143,15 @@ pub fn start(
             data.display()
         )))?;
         let cfg = restores.config();
+        if let Some(dir) = cfg.local_wal(&format!("{}-{id}", planned.cluster)) {
+            pg::localwal::move_out(&data, &dir, Owner::lookup(restores.pg_user())).map_err(
+                RestoreError::io(format!(
+                    "move pg_wal of {} to {}",
+                    data.display(),
+                    dir.display()
+                )),
+            )?;
+        }
         let port = pg::free_port(&cfg.listen_address, cfg.ports, &restores.ports_taken()).ok_or(
             RestoreError::NoPort {
                 id: id.clone(),
@@ -181,6 +190,7 @@ pub fn start(
             "restore_command".into(),
             restore_command(restores, planned)?,
         ));
+        settings.extend(cfg.tuning());
         pg::prepare(&spec, &id, &settings, "recovery.signal").map_err(|e| fail(e.to_string()))?;
         progress(&format!(
             "starting PostgreSQL {} on port {port}",

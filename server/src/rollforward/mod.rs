@@ -436,10 +436,17 @@ impl RollForward {
             superuser: self.restore_config.superuser.clone(),
         };
         let result = (|| {
+            if let Some(dir) = self
+                .restore_config
+                .local_wal(&format!("{cluster}-rollforward-{}", chain.base))
+            {
+                pg::localwal::move_out(&data, &dir, self.owner())
+                    .map_err(|e| fail(format!("move pg_wal to {}: {e}", dir.display())))?;
+            }
             pg::prepare(
                 &spec,
                 &format!("roll-forward of {cluster}"),
-                &self.settings(planned)?,
+                &[self.settings(planned)?, self.restore_config.tuning()].concat(),
                 "standby.signal",
             )
             .map_err(|e| fail(e.to_string()))?;
@@ -471,8 +478,14 @@ impl RollForward {
             Ok(reached)
         })();
         let _ = std::fs::remove_dir_all(&socket_dir);
+        // Every segment is archived: the snapshot needs none of them.
+        let wal_back = pg::localwal::bring_back(&data, self.owner());
         let put_back = pristine::restore(&home, &data, self.owner());
         let reached = result?;
+        wal_back.map_err(Self::io_err(
+            cluster,
+            format!("put pg_wal back into {}", data.display()),
+        ))?;
         put_back.map_err(Self::io_err(
             cluster,
             format!("put back the configuration of {}", data.display()),
@@ -586,6 +599,10 @@ impl RollForward {
                 detail: e.to_string(),
             })?;
         }
+        pg::localwal::bring_back(data, self.owner()).map_err(Self::io_err(
+            cluster,
+            format!("put pg_wal back into {}", data.display()),
+        ))?;
         if pristine::restore(home, data, self.owner()).map_err(Self::io_err(
             cluster,
             format!("put back the configuration of {}", data.display()),
@@ -627,11 +644,17 @@ impl RollForward {
                     }
                 })?;
                 self.repair(cluster, &bins, &home, &data)?;
-            } else if pristine::restore(&home, &data, self.owner()).map_err(Self::io_err(
-                cluster,
-                format!("put back the configuration of {}", data.display()),
-            ))? {
-                tracing::warn!(cluster = %cluster, chain = %base, "put back the configuration an interrupted roll-forward changed");
+            } else {
+                pg::localwal::bring_back(&data, self.owner()).map_err(Self::io_err(
+                    cluster,
+                    format!("put pg_wal back into {}", data.display()),
+                ))?;
+                if pristine::restore(&home, &data, self.owner()).map_err(Self::io_err(
+                    cluster,
+                    format!("put back the configuration of {}", data.display()),
+                ))? {
+                    tracing::warn!(cluster = %cluster, chain = %base, "put back the configuration an interrupted roll-forward changed");
+                }
             }
             for snap in
                 self.storage

@@ -245,7 +245,19 @@ impl Verifier {
             os_user: self.restores.pg_user().to_owned(),
             superuser: cfg.superuser.clone(),
         };
+        if let Some(dir) = cfg.local_wal(&format!(
+            "{}-verify-{}",
+            planned.cluster, planned.plan.backup.id
+        )) {
+            pg::localwal::move_out(
+                &data,
+                &dir,
+                crate::backup::files::Owner::lookup(self.restores.pg_user()),
+            )
+            .map_err(|e| format!("move pg_wal of the clone to {}: {e}", dir.display()))?;
+        }
         let mut settings = planned.plan.settings.clone();
+        settings.extend(cfg.tuning());
         settings.push((
             "restore_command".into(),
             crate::restore::instance::restore_command(&self.restores, planned)

@@ -460,6 +460,17 @@ impl Walvault {
                 extra.push_str(&format!("\n{section}\n{off}\n"));
             }
         }
+        // Clones' pg_wal on the local disk, in the test's directory: parallel tests' servers
+        // would otherwise share the default one.
+        let local_wal = format!(
+            "local_wal_dir = {:?}\n",
+            td.join("local-wal").display().to_string()
+        );
+        extra = if extra.contains("[restore]\n") {
+            extra.replacen("[restore]\n", &format!("[restore]\n{local_wal}"), 1)
+        } else {
+            format!("{extra}\n[restore]\n{local_wal}")
+        };
         let extra = extra.as_str();
         if !extra.is_empty() {
             let mut text = std::fs::read_to_string(&config)
