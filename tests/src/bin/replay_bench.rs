@@ -13,7 +13,8 @@
 //!   promoted: from `pg_ctl start` to the first answered query after the promotion.
 //!
 //! Reported: medians, MiB of WAL replayed per second, and the ratio ext4/clone (the goal is
-//! at least 0.8). Run as root: `cargo build --release --workspace && cargo run --release -p
+//! at least 0.8). `REPLAY_BENCH_RESTORE` adds lines to the server's `[restore]` section, to
+//! compare variants. Run as root: `cargo build --release --workspace && cargo run --release -p
 //! walvault-tests --bin replay-bench [SCALE] [TXNS]` (default 10 and 4000). Bounded: every step
 //! has a deadline, and everything it starts is removed on the way out.
 
@@ -43,7 +44,13 @@ fn main() {
         cpu_model(),
         meminfo_total()
     );
-    let Some(lab) = Lab::start(&format!("replay-bench-s{scale}"), None) else {
+    // More `[restore]` settings for the server, to compare variants (such as
+    // `local_wal_dir = ""` or `shared_buffers = "1GB"`).
+    let restore = std::env::var("REPLAY_BENCH_RESTORE").unwrap_or_default();
+    if !restore.is_empty() {
+        println!("[restore] {restore}");
+    }
+    let Some(lab) = Lab::start_with(&format!("replay-bench-s{scale}"), None, &restore) else {
         std::process::exit(1)
     };
     let log = lab.td().log().clone();
@@ -102,6 +109,22 @@ fn main() {
         let first = start.elapsed().as_secs_f64();
         assert_eq!(q.stdout.trim(), "before", "{}", q.describe());
         let server = info["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        if round == 0 {
+            let clone_log = lab
+                .d
+                .storage
+                .data_copy_dir(CLUSTER)
+                .parent()
+                .and_then(|db| db.parent())
+                .map(|c| {
+                    c.join("restores")
+                        .join(info["id"].as_str().unwrap_or_default())
+                        .join("data/walvault-restore.log")
+                })
+                .and_then(|p| std::fs::read_to_string(p).ok())
+                .unwrap_or_default();
+            print_milestones("clone", &clone_log);
+        }
         lab.drop_restore(info["id"].as_str().unwrap_or_default());
         println!("  round {round}: clone: server {server:.2} s, first query {first:.2} s");
         clone_server.push(server);
@@ -110,6 +133,20 @@ fn main() {
         let secs = ext4_replay(&lab, &backup.id, &t, round);
         println!("  round {round}: ext4: {secs:.2} s");
         ext4.push(secs);
+    }
+    // Where the clone's time went, from the server's log.
+    for line in lab.d.wv.server.log_text().lines().filter(|l| {
+        [
+            " cloned",
+            "prepared data directory",
+            "started PostgreSQL",
+            "promoted",
+            "restore ready",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        println!("  server: {}", line.chars().take(140).collect::<String>());
     }
     let (cs, cq, e) = (median(clone_server), median(clone_query), median(ext4));
     println!(
@@ -121,6 +158,26 @@ fn main() {
         mib(wal) / e,
         e / cs
     );
+}
+
+/// The recovery milestones of a PostgreSQL log, with their times.
+fn print_milestones(what: &str, log: &str) {
+    for l in log.lines().filter(|l| {
+        [
+            "starting PostgreSQL",
+            "redo starts",
+            "consistent recovery state",
+            "recovery stopping",
+            "pausing at the end",
+            "redo done",
+            "selected new timeline",
+            "ready to accept",
+        ]
+        .iter()
+        .any(|k| l.contains(k))
+    }) {
+        println!("  {what}: {}", l.chars().take(120).collect::<String>());
+    }
 }
 
 /// Copies backup `id`'s snapshot to the local disk and times PostgreSQL's recovery of it to T
@@ -172,6 +229,9 @@ fn ext4_replay(lab: &Lab, id: &str, t: &PointInTime, round: usize) -> f64 {
     pg.psql("SELECT pg_promote(true, 120)");
     let got = pg.psql("SELECT string_agg(at, ',') FROM bench_mark");
     let secs = start.elapsed().as_secs_f64();
+    if round == 0 {
+        print_milestones("ext4", &pg.server_log());
+    }
     assert_eq!(got, "before");
     pg.stop();
     secs

@@ -466,7 +466,9 @@ impl Walvault {
             "local_wal_dir = {:?}\n",
             td.join("local-wal").display().to_string()
         );
-        extra = if extra.contains("[restore]\n") {
+        extra = if extra.contains("local_wal_dir") {
+            extra
+        } else if extra.contains("[restore]\n") {
             extra.replacen("[restore]\n", &format!("[restore]\n{local_wal}"), 1)
         } else {
             format!("{extra}\n[restore]\n{local_wal}")
