@@ -12,10 +12,11 @@ use std::time::Duration;
 use walvault_proto::Lsn;
 use walvault_tests::harness::{
     backup::{backup_ok, list_backups, BackupInfo},
+    bench::zfs_get,
     restore::{archive_now, stop_postgres_on_storage, wait_promoted, Lab, PointInTime},
     wait_until,
     wal::archive_conf,
-    Pg,
+    Pg, Storage,
 };
 
 const CLUSTER: &str = "acme/db1";
@@ -320,5 +321,92 @@ fn roll_forward_follows_a_promotion_to_timeline_2() {
     );
     lab.drop_restore(&inst.info.id);
     drop(new_primary);
+    lab.d.wv.server.stop();
+}
+
+#[test]
+fn prune_with_roll_forward_snapshots_keeps_what_it_promises_and_frees_space() {
+    let Some(lab) = Lab::start_with("rollforward_prune", Some(1), EAGER) else {
+        return;
+    };
+    let r = lab.op(&[
+        "policy",
+        "set",
+        "--window",
+        "none",
+        "--min-backups",
+        "2",
+        "--daily",
+        "0",
+    ]);
+    assert!(r.success(), "{}", r.describe());
+    let first = backup_ok(&lab.d.agent, &lab.d.primary, &[]);
+    lab.d.primary.pgbench(&["-n", "-t", "300"]);
+    let before = lab.d.primary.current_lsn();
+    let at_second = lab.d.primary.checksums();
+    archive_now(&lab.d.primary);
+    let old_rf = wait_rolled_past(&lab, &first.id, before);
+    let second = backup_ok(&lab.d.agent, &lab.d.primary, &[]);
+    lab.d.primary.pgbench(&["-n", "-t", "300"]);
+    let before = lab.d.primary.current_lsn();
+    let last = lab.d.primary.checksums();
+    archive_now(&lab.d.primary);
+    let new_rf = wait_rolled_past(&lab, &second.id, before);
+    let used = |lab: &Lab| match &lab.d.storage {
+        Storage::Zfs(pool) => Some(
+            zfs_get(
+                lab.td().log(),
+                "used",
+                &format!("{}/walvault/{CLUSTER}", pool.name()),
+            )
+            .parse::<u64>()
+            .expect("bytes"),
+        ),
+        Storage::Dir(_) => None,
+    };
+    let used_before = used(&lab);
+
+    // The two newest stay; the old chain's snapshots go, its base stays while the chain does.
+    let r = lab.op(&["prune"]);
+    assert!(r.success(), "{}", r.describe());
+    let ids = |lab: &Lab| -> Vec<String> {
+        list_backups(&lab.operator, Some(CLUSTER))
+            .into_iter()
+            .map(|b| b.id)
+            .collect()
+    };
+    let listed = ids(&lab);
+    assert!(!listed.contains(&old_rf.id), "{listed:?}");
+    assert!(
+        listed.contains(&first.id),
+        "the chain's base went first: {listed:?}"
+    );
+    assert!(
+        listed.contains(&new_rf.id) && listed.contains(&second.id),
+        "{listed:?}"
+    );
+    // The emptied chain is destroyed by the next roll-forward round; then the base goes too.
+    wait_until(
+        &format!("the base {} to be prunable", first.id),
+        Duration::from_secs(120),
+        || {
+            let r = lab.op(&["prune"]);
+            assert!(r.success(), "{}", r.describe());
+            (!ids(&lab).contains(&first.id)).then_some(())
+        },
+    );
+    if let (Some(b), Some(a)) = (used_before, used(&lab)) {
+        eprintln!("cluster datasets: {b} bytes used before the prunes, {a} after");
+        assert!(a < b, "pruning freed nothing: {b} bytes before, {a} after");
+    }
+
+    // What the policy promises still restores: the oldest kept snapshot, and the latest.
+    let inst = lab.restore_instance(&["--immediate", "--backup", &second.id]);
+    assert_eq!(inst.checksums(), at_second, "the oldest kept snapshot");
+    lab.drop_restore(&inst.info.id);
+    let inst = lab.restore_instance(&["--latest"]);
+    assert_eq!(inst.checksums(), last);
+    lab.drop_restore(&inst.info.id);
+    let mut lab = lab;
     lab.d.wv.server.stop();
 }

@@ -651,10 +651,15 @@ impl Backups {
         }
         let mut out = HashMap::new();
         for ds in datasets {
-            for s in self.storage.snapshots(&ds).map_err(Self::storage_err(
-                cluster,
-                format!("list snapshots of {ds}"),
-            ))? {
+            let snapshots = match self.storage.snapshots(&ds) {
+                // A roll-forward chain created or destroyed meanwhile.
+                Err(StorageError::DatasetNotFound(_)) => continue,
+                r => r.map_err(Self::storage_err(
+                    cluster,
+                    format!("list snapshots of {ds}"),
+                ))?,
+            };
+            for s in snapshots {
                 *out.entry(s.name).or_insert(0) += s.used;
             }
         }
