@@ -4,8 +4,9 @@
 # Shows what arrived, fetches one segment back and compares it, takes a full and an
 # incremental base backup (one ZFS snapshot each), restores to a point in time twice (as an
 # instance the server starts on a clone, and written out as a PGDATA), compares the data
-# with what the cluster held then, shows what a prune by a retention policy would destroy,
-# and cleans everything up (KEEP=1 leaves it all running and prints how to stop it).
+# with what the cluster held then, shows a roll-forward snapshot the server takes by itself
+# (no new backup), its verification receipt and a restore from it, shows what a prune by a
+# retention policy would destroy, and cleans everything up (KEEP=1 leaves it all running and prints how to stop it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -20,7 +21,7 @@ pgbin=/usr/lib/postgresql/15/bin
 server_pid=
 cleanup() {
     set +e
-    for d in "$work/pg" "$work/restored" "$work"/mnt/walvault/demo/main/restores/*/data; do
+    for d in "$work/pg" "$work/restored" "$work"/mnt/walvault/demo/main/{restores,rollforward,verify}/*/data; do
         [ -f "$d/postmaster.pid" ] && runuser -u postgres -- "$pgbin/pg_ctl" -D "$d" -m fast stop >/dev/null 2>&1
     done
     [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
@@ -42,6 +43,20 @@ step "walvault-server init (CA, server certificate, configuration)"
 "$bin/walvault-server" cert issue --ca-dir "$work/etc" --admin --out "$work/etc/admin"
 "$bin/walvault-server" cert issue --ca-dir "$work/etc" --agent demo/main --out "$work/etc/agent"
 chown postgres "$work/etc/agent.key"
+# A quick cadence for the demo: roll forward after 8 MiB of WAL, verify new snapshots at once.
+cat >>"$work/etc/server.toml" <<CONF
+
+[rollforward]
+interval_secs = 2
+every_minutes = 0
+every_mib = 8
+
+[verify]
+snapshots_interval_secs = 2
+
+[restore]
+local_wal_dir = "$work/localwal"
+CONF
 
 step "start the server"
 "$bin/walvault-server" run --config "$work/etc/server.toml" >"$work/server.out" 2>"$work/server.log" &
@@ -145,6 +160,49 @@ for _ in $(seq 300); do
 done
 then_=$(checksums -h "$work/sock" -p $((port + 1)) -U postgres)
 [ "$then_" = "$at_t" ] && echo "the restored directory holds exactly the data of T" || { echo "MISMATCH: $then_"; exit 1; }
+
+step "roll-forward: 10 s of pgbench and no new backup; the server replays the archive on its own copy"
+runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -T 10 -c 2 postgres 2>&1 | grep -E '^tps'
+end=$(psql -c "select pg_current_wal_lsn()")
+last=$(psql -c "select pg_walfile_name(pg_switch_wal())")
+for _ in $(seq 300); do
+    [ "$(psql -c 'select last_archived_wal from pg_stat_archiver')" = "$last" ] && break; sleep 0.2
+done
+# The newest roll-forward snapshot consistent at or past the end of that WAL.
+newest_rf() {
+    admin backups --json | jq -r --arg end "$end" '[.[] | select(.kind == "rollforward")] | last | .id + " " + .stop_lsn' |
+        while read -r id lsn; do
+            [ -n "$id" ] && [ "$(psql -c "select '$lsn'::pg_lsn >= '$end'::pg_lsn")" = t ] && echo "$id"
+        done
+}
+rf=
+for _ in $(seq 600); do rf=$(newest_rf || true); [ -n "$rf" ] && break; sleep 0.5; done
+[ -n "$rf" ] || { echo "no roll-forward snapshot reached $end"; tail -20 "$work/server.log"; exit 1; }
+echo "roll-forward snapshot $rf is consistent at or past $end"
+at_t2=$(checksums -h "$work/sock" -p "$port" -U postgres)
+sleep 1
+t2=$(psql -c "select to_char(clock_timestamp() at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS.US')")
+sleep 1
+runuser -u postgres -- "$pgbin/pgbench" -h "$work/sock" -p "$port" -U postgres -T 2 -c 2 postgres 2>&1 | grep -E '^tps'
+last=$(psql -c "select pg_walfile_name(pg_switch_wal())")
+for _ in $(seq 300); do
+    [ "$(psql -c 'select last_archived_wal from pg_stat_archiver')" = "$last" ] && break; sleep 0.2
+done
+for _ in $(seq 600); do
+    [ "$(admin backups --json | jq -r --arg id "$rf" '.[] | select(.id == $id) | .verification')" != pending ] && break; sleep 0.5
+done
+admin backups
+echo "verification receipt of $rf:"
+admin backups --json | jq -c --arg id "$rf" '.[] | select(.id == $id) | .receipt'
+admin restore --time "$t2" --dry-run | head -4
+info=$(admin restore --time "$t2" --to instance --json)
+id=$(jq -r .id <<<"$info")
+from=$(jq -r .backup_id <<<"$info")
+conninfo=$(jq -r .conninfo <<<"$info")
+then_=$(checksums -d "$conninfo")
+echo "restore $id to T2 = $t2 started from $from"
+[ "$then_" = "$at_t2" ] && echo "the instance holds exactly the data of T2" || { echo "MISMATCH: $then_"; exit 1; }
+admin restores drop "$id" >/dev/null
 
 step "retention: the policy of demo/main and what a prune would destroy (walvault prune --dry-run)"
 admin policy set --tenant demo --window 7 --daily 7 --min-backups 2 >/dev/null

@@ -19,9 +19,10 @@ declare -A probe=(
     [postgresql-15]=/usr/lib/postgresql/15/bin/postgres
     [postgresql-contrib-15]=/usr/share/postgresql/15/extension/amcheck.control
     [zfs-fuse]=/usr/sbin/zfs-fuse
+    [jq]=/usr/bin/jq
 )
 missing=()
-for pkg in postgresql-15 postgresql-contrib-15 zfs-fuse; do
+for pkg in postgresql-15 postgresql-contrib-15 zfs-fuse jq; do
     if [ -e "${probe[$pkg]}" ]; then
         log "$pkg is installed"
     else

@@ -500,11 +500,21 @@ impl RollForward {
             )));
         }
         let (stop_lsn, timeline) = control.consistent_at();
-        let stop_lsn = after_switch(
-            stop_lsn,
-            planned.plan.reach,
-            u64::from(planned.segment_size),
-        );
+        // The standby may have replayed WAL archived while it ran: where the archive ends now.
+        let reach_now = self
+            .restores
+            .plan(&RestoreSpec {
+                cluster: cluster.clone(),
+                target: TargetSpec::Latest,
+                timeline: None,
+                backup: Some(planned.plan.backup.id.clone()),
+                action: Action::Promote,
+                inclusive: true,
+            })
+            .map(|p| p.plan.reach)
+            .unwrap_or(planned.plan.reach)
+            .max(planned.plan.reach);
+        let stop_lsn = after_switch(stop_lsn, reach_now, u64::from(planned.segment_size));
         let now = crate::unix_now();
         // The latest commit the copy holds, rounded up: the planner's bound on what a
         // restore from it contains (it also reads the commits between redo and stop).

@@ -170,14 +170,27 @@ impl Verifier {
         started: Instant,
         run: &mut Run,
     ) -> Result<(), VerifyError> {
-        let planned = match self.restores.plan(&RestoreSpec {
+        let spec = |target| RestoreSpec {
             cluster: cluster.clone(),
-            target: TargetSpec::Immediate,
+            target,
             timeline: None,
             backup: Some(record.id.clone()),
             action: Action::Pause,
             inclusive: true,
-        }) {
+        };
+        // Recovery to `immediate` stops at the first record after consistency; a snapshot at
+        // the very end of the archive (a roll-forward's, often) has none yet, and PostgreSQL
+        // fails a recovery that ends before its target: recover it to the end instead.
+        let at_end = self
+            .restores
+            .plan(&spec(TargetSpec::Latest))
+            .is_ok_and(|p| p.plan.reach <= record.stop_lsn);
+        let target = if at_end {
+            TargetSpec::Latest
+        } else {
+            TargetSpec::Immediate
+        };
+        let planned = match self.restores.plan(&spec(target)) {
             Ok(p) => p,
             Err(e) => {
                 run.errors
@@ -196,7 +209,7 @@ impl Verifier {
             RestoreClone::create_in(storage, cluster, &l.verify, &record.id, &source, &record.id)
                 .map_err(|e| VerifyError::Restore(Box::new(e)))?;
         let socket_dir = socket_dir();
-        let outcome = self.recover_and_check(&clone, &planned, &socket_dir, started, run);
+        let outcome = self.recover_and_check(&clone, &planned, at_end, &socket_dir, started, run);
         let _ = std::fs::remove_dir_all(&socket_dir);
         if let Err(e) = outcome {
             run.errors.push(e);
@@ -220,6 +233,7 @@ impl Verifier {
         &self,
         clone: &RestoreClone,
         planned: &crate::restore::Planned,
+        latest: bool,
         socket_dir: &std::path::Path,
         started: Instant,
         run: &mut Run,
@@ -273,10 +287,14 @@ impl Verifier {
         let instance = Instance::start(&bins, spec).map_err(|e| e.to_string())?;
         let checked = (|| {
             let deadline = Instant::now() + cfg.wait;
-            instance
-                .wait_for(Goal::Paused, deadline, &mut |_| {})
-                .map_err(|e| format!("recovery to consistency failed: {e}"))?;
-            instance.promote().map_err(|e| e.to_string())?;
+            if latest {
+                // No target: PostgreSQL promotes itself at the end of the archive.
+            } else {
+                instance
+                    .wait_for(Goal::Paused, deadline, &mut |_| {})
+                    .map_err(|e| format!("recovery to consistency failed: {e}"))?;
+                instance.promote().map_err(|e| e.to_string())?;
+            }
             instance
                 .wait_for(Goal::Promoted, deadline, &mut |_| {})
                 .map_err(|e| e.to_string())?;
