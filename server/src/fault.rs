@@ -15,6 +15,8 @@ pub const POINTS: &[&str] = &[
     "rollforward-replaying",
     // `RollForward::run`: the snapshot taken, not yet catalogued.
     "rollforward-snapshotted",
+    // `Verifier::check_snapshot`: PostgreSQL started on the verification clone.
+    "verify-recovering",
 ];
 
 fn armed() -> Option<&'static str> {

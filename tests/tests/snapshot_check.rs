@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use walvault_tests::harness::{
     backup::{backup_ok, list_backups, BackupInfo},
-    restore::{archive_now, Lab},
+    restore::{archive_now, stop_postgres_on_storage, Lab},
     wait_until,
 };
 
@@ -143,4 +143,38 @@ fn snapshots_are_verified_and_damage_fails_loudly() {
         "the failure does not name the missing segment {name}:\n{errors}"
     );
     lab.d.wv.server.stop();
+}
+
+#[test]
+fn a_server_killed_mid_verification_leaves_nothing_behind() {
+    let Some(mut lab) = Lab::start_with("snapshot_check_killed", Some(1), CHECKS) else {
+        return;
+    };
+    lab.d
+        .wv
+        .server
+        .restart_with_fault(Some("verify-recovering"));
+    let backup = backup_ok(&lab.d.agent, &lab.d.primary, &[]);
+    assert!(
+        lab.d.wv.server.wait_exit(Duration::from_secs(120)),
+        "the server did not die at verify-recovering"
+    );
+    // The next start destroys the clone (stopping its PostgreSQL) and verifies again.
+    lab.d.wv.server.restart_with_fault(None);
+    let checked = wait_checked(&lab, &backup.id);
+    assert_eq!(checked.verification, "verified", "{checked:?}");
+    assert!(
+        lab.d
+            .wv
+            .server
+            .log_text()
+            .contains("destroyed verification clones the last stop left"),
+        "the restart did not find the clone the killed server left"
+    );
+    lab.d.wv.server.stop();
+    let stray = stop_postgres_on_storage(&lab.d.storage, lab.d.td.log());
+    assert!(
+        stray.is_empty(),
+        "PostgreSQL still ran on the storage: {stray:?}"
+    );
 }

@@ -285,6 +285,7 @@ impl Verifier {
         )
         .map_err(|e| e.to_string())?;
         let instance = Instance::start(&bins, spec).map_err(|e| e.to_string())?;
+        crate::fault::point("verify-recovering");
         let checked = (|| {
             let deadline = Instant::now() + cfg.wait;
             if latest {

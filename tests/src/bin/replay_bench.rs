@@ -5,7 +5,8 @@
 //! `pgbench -i -s SCALE`, a full `walvault backup`, `pgbench -c 2 -t TXNS`, a time T between two
 //! marker commits, a little more pgbench, a WAL switch, and a wait until the time index covers
 //! T. Then, interleaved, three times each:
-//! - **clone**: `walvault restore --time T --to instance`; the server's recorded duration
+//! - **clone**: `walvault restore --time T --backup B --to instance` (B: the backup the ext4
+//!   copy starts from too); the server's recorded duration
 //!   (clone, start, replay to T, promotion) and the command's time to the first answered query;
 //! - **ext4**: the backup's snapshot copied (`cp -a`, not timed) to the local ext4 disk,
 //!   PostgreSQL started on it with the recovery settings the server writes (`restore_command =
@@ -14,7 +15,9 @@
 //!
 //! Reported: medians, MiB of WAL replayed per second, and the ratio ext4/clone (the goal is
 //! at least 0.8). `REPLAY_BENCH_RESTORE` adds lines to the server's `[restore]` section, to
-//! compare variants. Run as root: `cargo build --release --workspace && cargo run --release -p
+//! compare variants; `REPLAY_BENCH_ROLLFORWARD=1` lets the server roll forward (every 32 MiB)
+//! and adds a third measurement: `--time T` from the nearest snapshot the planner picks. Run
+//! as root: `cargo build --release --workspace && cargo run --release -p
 //! walvault-tests --bin replay-bench [SCALE] [TXNS]` (default 10 and 4000). Bounded: every step
 //! has a deadline, and everything it starts is removed on the way out.
 
@@ -50,7 +53,15 @@ fn main() {
     if !restore.is_empty() {
         println!("[restore] {restore}");
     }
-    let Some(lab) = Lab::start_with(&format!("replay-bench-s{scale}"), None, &restore) else {
+    // REPLAY_BENCH_ROLLFORWARD=1: the server rolls forward every 32 MiB of WAL, and a third
+    // measurement restores to T from the nearest snapshot the planner picks.
+    let rolling = std::env::var("REPLAY_BENCH_ROLLFORWARD").is_ok_and(|v| v == "1");
+    let extra = if rolling {
+        format!("{restore}\n[rollforward]\ninterval_secs = 1\nevery_minutes = 0\nevery_mib = 32\n")
+    } else {
+        restore.clone()
+    };
+    let Some(lab) = Lab::start_with(&format!("replay-bench-s{scale}"), None, &extra) else {
         std::process::exit(1)
     };
     let log = lab.td().log().clone();
@@ -94,10 +105,11 @@ fn main() {
     );
 
     let (mut clone_server, mut clone_query, mut ext4) = (Vec::new(), Vec::new(), Vec::new());
+    let mut nearest = Vec::new();
     for round in 0..ROUNDS {
         let _ = Command::new("sync").status();
         let start = Instant::now();
-        let r = lab.try_restore_instance(&["--time", &t.utc]);
+        let r = lab.try_restore_instance(&["--time", &t.utc, "--backup", &backup.id]);
         assert!(r.success(), "restore failed: {}", r.describe());
         let info: Value = serde_json::from_str(r.stdout.trim()).expect("restore JSON");
         let conninfo = info["conninfo"].as_str().unwrap_or_default().to_owned();
@@ -133,6 +145,33 @@ fn main() {
         let secs = ext4_replay(&lab, &backup.id, &t, round);
         println!("  round {round}: ext4: {secs:.2} s");
         ext4.push(secs);
+
+        if rolling {
+            let start = Instant::now();
+            let r = lab.try_restore_instance(&["--time", &t.utc]);
+            assert!(r.success(), "restore failed: {}", r.describe());
+            let info: Value = serde_json::from_str(r.stdout.trim()).expect("restore JSON");
+            let conninfo = info["conninfo"].as_str().unwrap_or_default().to_owned();
+            let q = psql_conninfo(
+                &log,
+                &conninfo,
+                "SELECT string_agg(at, ',') FROM bench_mark",
+            );
+            let first = start.elapsed().as_secs_f64();
+            assert_eq!(q.stdout.trim(), "before", "{}", q.describe());
+            println!(
+                "  round {round}: nearest snapshot {}: first query {first:.2} s",
+                info["backup_id"].as_str().unwrap_or("?")
+            );
+            nearest.push(first);
+            lab.drop_restore(info["id"].as_str().unwrap_or_default());
+        }
+    }
+    if rolling {
+        println!(
+            "median of {ROUNDS}: --time T from the nearest roll-forward snapshot: {:.2} s to the first query",
+            median(nearest)
+        );
     }
     // Where the clone's time went, from the server's log.
     for line in lab.d.wv.server.log_text().lines().filter(|l| {
