@@ -124,7 +124,7 @@ fn scheduled_snapshot_check(d: &api::Domain, id: &walvault_proto::ClusterId) {
 /// Rolls a cluster forward if it is due.
 fn scheduled_rollforward(d: &api::Domain, id: &walvault_proto::ClusterId) {
     use rollforward::Outcome;
-    match d.rollforward.run(id, false) {
+    match d.rollforward.run(id) {
         Ok(Outcome::Snapshot { record, replayed }) => {
             tracing::info!(cluster = %id, snapshot = %record.id, replayed = %human_bytes(replayed), "scheduled roll-forward")
         }
@@ -133,6 +133,10 @@ fn scheduled_rollforward(d: &api::Domain, id: &walvault_proto::ClusterId) {
         }
         Ok(Outcome::NotDue(_)) => {}
         Err(rollforward::RollForwardError::Busy(_)) => {}
+        // A hole or a missing backup: the ledger and the planner say so elsewhere already.
+        Err(e @ rollforward::RollForwardError::Restore { .. }) => {
+            tracing::warn!(cluster = %id, "scheduled roll-forward: {e}")
+        }
         Err(e) => tracing::error!(cluster = %id, "scheduled roll-forward: {e}"),
     }
 }

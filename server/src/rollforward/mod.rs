@@ -241,8 +241,8 @@ impl RollForward {
         Owner::lookup(&self.pg_user)
     }
 
-    /// Rolls `cluster` forward if it is due (or `force`). Blocking.
-    pub fn run(&self, cluster: &ClusterId, force: bool) -> Result<Outcome, RollForwardError> {
+    /// Rolls `cluster` forward if it is due. Blocking.
+    pub fn run(&self, cluster: &ClusterId) -> Result<Outcome, RollForwardError> {
         if !self
             .running
             .lock()
@@ -271,16 +271,6 @@ impl RollForward {
         };
         let l = Self::layout(cluster)?;
         self.drop_empty_chains(cluster, &l, &base.id, &records)?;
-        if !self
-            .storage
-            .children(&l.tablespaces)
-            .map_err(Self::storage_err(cluster, "list its tablespaces"))?
-            .is_empty()
-        {
-            return Ok(Outcome::Skipped(
-                "the cluster has tablespaces, which roll-forward does not handle yet".into(),
-            ));
-        }
         // The newest state of the chain: its newest snapshot, or the backup itself.
         let last = records
             .iter()
@@ -316,9 +306,18 @@ impl RollForward {
         };
         let why = match cadence::due(&self.config, since) {
             Ok(why) => why,
-            Err(why) if !force => return Ok(Outcome::NotDue(why)),
-            Err(_) => "asked for".to_owned(),
+            Err(why) => return Ok(Outcome::NotDue(why)),
         };
+        if !self
+            .storage
+            .children(&l.tablespaces)
+            .map_err(Self::storage_err(cluster, "list its tablespaces"))?
+            .is_empty()
+        {
+            return Ok(Outcome::Skipped(
+                "the cluster has tablespaces, which roll-forward does not handle yet".into(),
+            ));
+        }
         let chain = Self::chain(cluster, &l, &base.id)?;
         tracing::info!(cluster = %cluster, chain = %chain.base, from = %last.id, to = %reach, "rolling forward: {why}");
         self.ensure_chain(cluster, &l, &chain)?;
