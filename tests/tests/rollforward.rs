@@ -385,7 +385,7 @@ fn prune_with_roll_forward_snapshots_keeps_what_it_promises_and_frees_space() {
         listed.contains(&new_rf.id) && listed.contains(&second.id),
         "{listed:?}"
     );
-    // The emptied chain is destroyed by the next roll-forward round; then the base goes too.
+    // The prune destroyed the emptied chain; the next prune takes its base.
     wait_until(
         &format!("the base {} to be prunable", first.id),
         Duration::from_secs(120),

@@ -366,6 +366,27 @@ fn stop_immediately(bins: &PgBinaries, pgdata: &Path, run_as: &RunAs) -> Result<
     }
 }
 
+/// Stops at once a postmaster an earlier server process left on `pgdata` (binaries of the
+/// major version the directory holds); Ok if none runs.
+pub fn stop_left_behind(pg_bin: &str, pgdata: &Path, os_user: &str) -> Result<(), PgError> {
+    if !is_running(pgdata) {
+        return Ok(());
+    }
+    let bins = PgBinaries::locate(pg_bin, data_major(pgdata)?)?;
+    stop_dir_now(&bins, pgdata, os_user)
+}
+
+/// A fresh private socket directory for an instance the server starts, short enough for a
+/// Unix socket path: `/tmp/walvault-<kind>-<pid>-<n>`.
+pub fn socket_dir(kind: &str) -> PathBuf {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    PathBuf::from(format!(
+        "/tmp/walvault-{kind}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+    ))
+}
+
 /// A command running PostgreSQL program `name` of `bins` as `os_user` (through runuser when
 /// the server is root).
 pub fn program_command(bins: &PgBinaries, os_user: &str, name: &str) -> Result<Command, PgError> {

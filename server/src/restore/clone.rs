@@ -245,6 +245,21 @@ impl RestoreClone {
         Ok(out)
     }
 
+    /// [`RestoreClone::destroy`], retried for a few seconds: a postmaster that just exited
+    /// may hold the clone for a moment ("dataset is busy").
+    pub fn destroy_patiently(&self, storage: &dyn Storage) -> Result<(), RestoreError> {
+        let mut attempt = 0;
+        loop {
+            match self.destroy(storage) {
+                Err(_) if attempt < 9 => {
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+                r => return r,
+            }
+        }
+    }
+
     /// Destroys the clone and everything under it (and its `pg_wal` on the local disk).
     pub fn destroy(&self, storage: &dyn Storage) -> Result<(), RestoreError> {
         if let Ok(data) = self.data_dir(storage) {

@@ -521,16 +521,9 @@ impl Restores {
     /// [`Restores::close_clone`], retried for a few seconds: a postmaster that just exited
     /// may hold the clone for a moment ("dataset is busy").
     pub fn close_clone_patiently(&self, c: &RestoreClone) -> Result<(), RestoreError> {
-        let mut attempt = 0;
-        loop {
-            match self.close_clone(c) {
-                Err(_) if attempt < 9 => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                r => return r,
-            }
-        }
+        c.destroy_patiently(self.storage.as_ref())?;
+        self.catalog.remove_restore(c.id())?;
+        Ok(())
     }
 
     pub fn restore(&self, id: &str) -> Result<RestoreRecord, RestoreError> {

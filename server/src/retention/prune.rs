@@ -186,6 +186,9 @@ impl Pruner {
                 self.catalog.remove_prune_job(cluster)?;
             }
         }
+        if !dry_run {
+            self.drop_empty_chains(cluster)?;
+        }
         let plan = self.plan(cluster, now_unix)?;
         let job = Job {
             started_unix: now_unix,
@@ -205,6 +208,8 @@ impl Pruner {
         self.catalog.put_prune_job(cluster, &job)?;
         let kept_after_all = self.execute(cluster, &job)?;
         self.catalog.remove_prune_job(cluster)?;
+        // Chains whose last snapshot just went: their bases go at the next prune.
+        self.drop_empty_chains(cluster)?;
         let backups_dropped = job.backups.len() - kept_after_all.len();
         let wal_dropped = job.wal.len();
         tracing::info!(cluster = %cluster, backups = backups_dropped, wal = wal_dropped, "pruned");
@@ -221,6 +226,13 @@ impl Pruner {
             resumed,
             skipped,
         })
+    }
+
+    fn drop_empty_chains(&self, cluster: &ClusterId) -> Result<(), RetentionError> {
+        self.rollforward
+            .drop_empty_chains(cluster)
+            .map(|_| ())
+            .map_err(|e| RetentionError::RollForward(Box::new(e)))
     }
 
     /// Destroys a job's items, each out of the catalog first; returns (id, why) for the

@@ -29,8 +29,8 @@ pub mod cadence;
 pub mod pristine;
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -261,16 +261,10 @@ impl RollForward {
             ));
         }
         let records = self.catalog.backups(cluster)?;
-        let Some(base) = records
-            .iter()
-            .filter(|r| r.kind != BackupKind::Rollforward)
-            .max_by(|a, b| (a.stop_lsn, &a.id).cmp(&(b.stop_lsn, &b.id)))
-            .cloned()
-        else {
+        let Some(base) = newest_backup(&records).cloned() else {
             return Ok(Outcome::NotDue("no backup yet".into()));
         };
         let l = Self::layout(cluster)?;
-        self.drop_empty_chains(cluster, &l, &base.id, &records)?;
         // The newest state of the chain: its newest snapshot, or the backup itself.
         let last = records
             .iter()
@@ -370,26 +364,40 @@ impl RollForward {
         Ok(())
     }
 
-    /// Destroys chains of older bases that hold no snapshot any more (retention pruned them),
-    /// which frees their base backups.
-    fn drop_empty_chains(
-        &self,
-        cluster: &ClusterId,
-        l: &ClusterLayout,
-        newest: &str,
-        records: &[BackupRecord],
-    ) -> Result<(), RollForwardError> {
+    /// Destroys the chains of older bases that hold no snapshot any more (retention pruned
+    /// them, or a job died before the first), which frees their base backups; returns how
+    /// many. The chain of the newest backup stays, and none goes while a job of the cluster
+    /// runs. Blocking; called by the pruner, which owns what goes.
+    pub fn drop_empty_chains(&self, cluster: &ClusterId) -> Result<usize, RollForwardError> {
+        if self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(cluster)
+        {
+            return Ok(0);
+        }
+        let records = self.catalog.backups(cluster)?;
+        let newest = newest_backup(&records).map(|b| b.id.clone());
+        let l = Self::layout(cluster)?;
+        let mut dropped = 0;
         for base in self.chain_bases(cluster)? {
-            if base == newest || records.iter().any(|r| r.base.as_deref() == Some(&base)) {
+            if Some(&base) == newest.as_ref()
+                || records.iter().any(|r| r.base.as_deref() == Some(&base))
+            {
                 continue;
             }
-            let chain = Self::chain(cluster, l, &base)?;
-            let data = self.mountpoint(cluster, &chain.datasets.data)?;
-            if pg::is_running(&data) {
+            let chain = Self::chain(cluster, &l, &base)?;
+            let running = self
+                .storage
+                .mountpoint(&chain.datasets.data)
+                .is_ok_and(|data| pg::is_running(&data));
+            if running {
                 continue;
             }
             match self.storage.destroy(&chain.datasets.parent, true) {
                 Ok(()) => {
+                    dropped += 1;
                     tracing::info!(cluster = %cluster, chain = %base, "destroyed an empty roll-forward chain")
                 }
                 Err(e) => {
@@ -397,7 +405,7 @@ impl RollForward {
                 }
             }
         }
-        Ok(())
+        Ok(dropped)
     }
 
     /// Starts the chain's standby, replays to `planned`'s end, stops it, and snapshots.
@@ -418,12 +426,12 @@ impl RollForward {
             .map_err(|e| fail(e.to_string()))?;
         let home = self.mountpoint(cluster, &chain.datasets.parent)?;
         let data = self.mountpoint(cluster, &chain.datasets.data)?;
-        self.repair(cluster, &bins, &home, &data)?;
+        self.repair(cluster, chain)?;
         pristine::save(&home, &data).map_err(Self::io_err(
             cluster,
             format!("save the configuration of {}", data.display()),
         ))?;
-        let socket_dir = socket_dir();
+        let socket_dir = pg::socket_dir("rf");
         let spec = InstanceSpec {
             pgdata: data.clone(),
             // Unix socket only: the port only names the socket file.
@@ -592,31 +600,29 @@ impl RollForward {
     }
 
     /// Makes a chain whole after a server died during a job: its postmaster stopped, its
-    /// configuration files put back.
-    fn repair(
-        &self,
-        cluster: &ClusterId,
-        bins: &PgBinaries,
-        home: &Path,
-        data: &Path,
-    ) -> Result<(), RollForwardError> {
-        if pg::is_running(data) {
-            tracing::warn!(cluster = %cluster, data = %data.display(), "stopping a roll-forward standby left by an earlier server process");
-            pg::stop_dir_now(bins, data, &self.pg_user).map_err(|e| RollForwardError::Replay {
-                cluster: cluster.clone(),
-                chain: home.display().to_string(),
-                detail: e.to_string(),
-            })?;
+    /// `pg_wal` and configuration files put back.
+    fn repair(&self, cluster: &ClusterId, chain: &Chain) -> Result<(), RollForwardError> {
+        let home = self.mountpoint(cluster, &chain.datasets.parent)?;
+        let data = self.mountpoint(cluster, &chain.datasets.data)?;
+        if pg::is_running(&data) {
+            tracing::warn!(cluster = %cluster, chain = %chain.base, "stopping a roll-forward standby left by an earlier server process");
+            pg::stop_left_behind(&self.restore_config.pg_bin, &data, &self.pg_user).map_err(
+                |e| RollForwardError::Replay {
+                    cluster: cluster.clone(),
+                    chain: chain.base.clone(),
+                    detail: format!("stop the standby an earlier server process left: {e}"),
+                },
+            )?;
         }
-        pg::localwal::bring_back(data, self.owner()).map_err(Self::io_err(
+        pg::localwal::bring_back(&data, self.owner()).map_err(Self::io_err(
             cluster,
             format!("put pg_wal back into {}", data.display()),
         ))?;
-        if pristine::restore(home, data, self.owner()).map_err(Self::io_err(
+        if pristine::restore(&home, &data, self.owner()).map_err(Self::io_err(
             cluster,
             format!("put back the configuration of {}", data.display()),
         ))? {
-            tracing::warn!(cluster = %cluster, data = %data.display(), "put back the configuration an interrupted roll-forward changed");
+            tracing::warn!(cluster = %cluster, chain = %chain.base, "put back the configuration an interrupted roll-forward changed");
         }
         Ok(())
     }
@@ -637,34 +643,7 @@ impl RollForward {
         let mut catalogued = Vec::new();
         for base in self.chain_bases(cluster)? {
             let chain = Self::chain(cluster, &l, &base)?;
-            let home = self.mountpoint(cluster, &chain.datasets.parent)?;
-            let data = self.mountpoint(cluster, &chain.datasets.data)?;
-            if pg::is_running(&data) {
-                let major = pg::data_major(&data).map_err(|e| RollForwardError::Replay {
-                    cluster: cluster.clone(),
-                    chain: base.clone(),
-                    detail: e.to_string(),
-                })?;
-                let bins = PgBinaries::locate(&self.restore_config.pg_bin, major).map_err(|e| {
-                    RollForwardError::Replay {
-                        cluster: cluster.clone(),
-                        chain: base.clone(),
-                        detail: e.to_string(),
-                    }
-                })?;
-                self.repair(cluster, &bins, &home, &data)?;
-            } else {
-                pg::localwal::bring_back(&data, self.owner()).map_err(Self::io_err(
-                    cluster,
-                    format!("put pg_wal back into {}", data.display()),
-                ))?;
-                if pristine::restore(&home, &data, self.owner()).map_err(Self::io_err(
-                    cluster,
-                    format!("put back the configuration of {}", data.display()),
-                ))? {
-                    tracing::warn!(cluster = %cluster, chain = %base, "put back the configuration an interrupted roll-forward changed");
-                }
-            }
+            self.repair(cluster, &chain)?;
             for snap in
                 self.storage
                     .snapshots(&chain.datasets.parent)
@@ -686,6 +665,14 @@ impl RollForward {
     }
 }
 
+/// The newest backup the host sent (not a roll-forward snapshot): the base of the live chain.
+fn newest_backup(records: &[BackupRecord]) -> Option<&BackupRecord> {
+    records
+        .iter()
+        .filter(|r| r.kind != BackupKind::Rollforward)
+        .max_by(|a, b| (a.stop_lsn, &a.id).cmp(&(b.stop_lsn, &b.id)))
+}
+
 /// Where a copy whose replay ended on a segment switch is consistent. After the switch
 /// record PostgreSQL stands at the next segment's first byte, which the archive need not hold
 /// yet; what lies between the end of the switch record (where the archive's WAL ends,
@@ -698,16 +685,6 @@ fn after_switch(consistent: Lsn, reach: Lsn, segment_size: u64) -> Lsn {
     } else {
         consistent
     }
-}
-
-/// A private socket directory, short enough for a Unix socket path.
-fn socket_dir() -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    PathBuf::from(format!(
-        "/tmp/walvault-rf-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ))
 }
 
 #[cfg(test)]

@@ -15,8 +15,6 @@
 //! `walvault verify`. Failures of the server itself (the storage cannot clone, say) are
 //! errors, not receipts: the snapshot stays pending and is tried again.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use walvault_proto::ClusterId;
@@ -208,22 +206,15 @@ impl Verifier {
         let clone =
             RestoreClone::create_in(storage, cluster, &l.verify, &record.id, &source, &record.id)
                 .map_err(|e| VerifyError::Restore(Box::new(e)))?;
-        let socket_dir = socket_dir();
+        let socket_dir = pg::socket_dir("vf");
         let outcome = self.recover_and_check(&clone, &planned, at_end, &socket_dir, started, run);
         let _ = std::fs::remove_dir_all(&socket_dir);
         if let Err(e) = outcome {
             run.errors.push(e);
         }
-        let mut attempt = 0;
-        loop {
-            match clone.destroy(storage) {
-                Err(_) if attempt < 9 => {
-                    attempt += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(500));
-                }
-                r => break r.map_err(|e| VerifyError::Restore(Box::new(e)))?,
-            }
-        }
+        clone
+            .destroy_patiently(storage)
+            .map_err(|e| VerifyError::Restore(Box::new(e)))?;
         Ok(())
     }
 
@@ -351,16 +342,16 @@ impl Verifier {
         {
             return Ok(());
         }
-        if let Ok(data) = storage.mountpoint(
-            &ds.join("data")
-                .map_err(Self::storage_fail(cluster, "name"))?,
-        ) {
-            if pg::is_running(&data) {
-                if let Ok(major) = pg::data_major(&data) {
-                    if let Ok(bins) = PgBinaries::locate(&self.restores.config().pg_bin, major) {
-                        let _ = pg::stop_dir_now(&bins, &data, self.restores.pg_user());
-                    }
-                }
+        let data = ds
+            .join("data")
+            .map_err(Self::storage_fail(cluster, "name a verification clone"))?;
+        if let Ok(data) = storage.mountpoint(&data) {
+            if let Err(e) = pg::stop_left_behind(
+                &self.restores.config().pg_bin,
+                &data,
+                self.restores.pg_user(),
+            ) {
+                tracing::warn!(cluster = %cluster, snapshot = id, "stop the PostgreSQL of a verification clone an earlier process left: {e}");
             }
         }
         storage.destroy(&ds, true).map_err(Self::storage_fail(
@@ -489,13 +480,3 @@ const HEAP_SQL: &str = "SELECT c.oid::regclass || ' block ' || coalesce(v.blkno:
 const INDEX_SQL: &str = "SELECT count(bt_index_check(c.oid, true)) FROM pg_index i \
      JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am a ON a.oid = c.relam \
      WHERE a.amname = 'btree' AND c.relpersistence <> 't' AND i.indisvalid AND i.indisready";
-
-/// A private socket directory, short enough for a Unix socket path.
-fn socket_dir() -> PathBuf {
-    static N: AtomicU64 = AtomicU64::new(0);
-    PathBuf::from(format!(
-        "/tmp/walvault-vf-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::SeqCst)
-    ))
-}
