@@ -178,6 +178,13 @@ pub enum PolicyCommand {
         /// Keep the N newest backups whatever their age.
         #[arg(long, value_name = "N")]
         min_backups: Option<u32>,
+        /// Roll forward to a new snapshot once the newest is N minutes old and commits
+        /// followed it (0: never by age; default: the server's `every_minutes`).
+        #[arg(long, value_name = "N")]
+        rollforward_minutes: Option<u32>,
+        /// … or once N MiB of WAL followed it (0: never by size; default: `every_mib`).
+        #[arg(long, value_name = "N")]
+        rollforward_mib: Option<u32>,
         /// For a cluster: drop its override first (inherit the tenant's policy).
         #[arg(long)]
         reset: bool,

@@ -115,13 +115,17 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
             weekly,
             monthly,
             min_backups,
+            rollforward_minutes,
+            rollforward_mib,
             reset,
             json,
         }) => {
-            let change = commands::policy::change(
+            let mut change = commands::policy::change(
                 window.as_deref(),
                 [hourly, daily, weekly, monthly, min_backups],
             )?;
+            change.rollforward_minutes = rollforward_minutes;
+            change.rollforward_mib = rollforward_mib;
             commands::policy::set(&config, cluster, tenant.as_ref(), change, reset, json).await?
         }
         Command::Tenant(TenantCommand::Create { name, quota, dedup }) => {

@@ -73,6 +73,7 @@ struct RawRestore {
     wait_secs: Option<u64>,
     local_wal_dir: Option<String>,
     shared_buffers: Option<String>,
+    settings: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_pg_user() -> String {
@@ -268,6 +269,9 @@ pub struct RestoreConfig {
     pub local_wal_dir: Option<PathBuf>,
     /// `shared_buffers` of the instances the server starts; `None`: the source's setting.
     pub shared_buffers: Option<String>,
+    /// More settings for the instances the server starts (`[restore.settings]`), after the
+    /// source's and before the recovery settings the server owns.
+    pub settings: Vec<(String, String)>,
 }
 
 impl Default for RestoreConfig {
@@ -280,6 +284,7 @@ impl Default for RestoreConfig {
             wait: Duration::from_secs(3600),
             local_wal_dir: Some(PathBuf::from("/var/tmp/walvault-wal")),
             shared_buffers: None,
+            settings: Vec::new(),
         }
     }
 }
@@ -308,6 +313,7 @@ impl RestoreConfig {
         self.shared_buffers
             .iter()
             .map(|b| ("shared_buffers".to_owned(), b.clone()))
+            .chain(self.settings.iter().cloned())
             .collect()
     }
 }
@@ -368,6 +374,12 @@ fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
             ));
         }
         c.shared_buffers = Some(b);
+    }
+    for (name, value) in raw.settings.unwrap_or_default() {
+        if let Some(why) = crate::pg::conf::refused_setting(&name) {
+            return Err(format!("restore.settings: {name:?} {why}"));
+        }
+        c.settings.push((name, value));
     }
     Ok(c)
 }
@@ -619,6 +631,10 @@ dataset = "tank/walvault"
                 "restore.pg_bin",
             ),
             (
+                format!("{GOOD}\n[restore.settings]\nrecovery_target = \"immediate\"\n"),
+                "restore.settings: \"recovery_target\" is set by the server",
+            ),
+            (
                 format!("{GOOD}\n[limits]\npushes_per_tenant = 0\n"),
                 "limits.pushes_per_tenant",
             ),
@@ -631,6 +647,22 @@ dataset = "tank/walvault"
             let err = Config::parse(&text, Path::new("/")).unwrap_err();
             assert!(err.contains(needle), "{err:?} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn instances_get_the_operators_settings() {
+        let text = format!(
+            "{GOOD}\n[restore]\nshared_buffers = \"1GB\"\n[restore.settings]\n\
+             maintenance_io_concurrency = \"64\"\n"
+        );
+        let c = Config::parse(&text, Path::new("/")).unwrap();
+        assert_eq!(
+            c.restore.tuning(),
+            [
+                ("shared_buffers".to_owned(), "1GB".to_owned()),
+                ("maintenance_io_concurrency".to_owned(), "64".to_owned())
+            ]
+        );
     }
 
     #[test]

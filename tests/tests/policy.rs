@@ -43,8 +43,12 @@ fn policies_per_tenant_and_cluster_and_who_may_touch_them() {
         "none",
         "--min-backups",
         "5",
+        "--rollforward-minutes",
+        "15",
         "--json",
     ]));
+    assert_eq!(c["effective"]["rollforward_minutes"], 15, "{c}");
+    assert_eq!(c["effective"]["rollforward_mib"], Value::Null, "{c}");
     assert_eq!(c["effective"]["recovery_window_days"], Value::Null, "{c}");
     assert_eq!(c["effective"]["keep_daily"], 5, "{c}");
     assert_eq!(c["effective"]["min_backups"], 5, "{c}");
@@ -72,6 +76,17 @@ fn policies_per_tenant_and_cluster_and_who_may_touch_them() {
         .run(&["policy", "set", "--tenant", "acme", "--window", "0"])
         .assert_refused(&["--window"]);
     assert!(e.contains("days"), "{e}");
+    let e = acme
+        .run(&[
+            "policy",
+            "set",
+            "--tenant",
+            "acme",
+            "--rollforward-minutes",
+            "20000",
+        ])
+        .assert_refused(&["roll forward every 20000 minutes"]);
+    assert!(e.contains("at most 10080"), "{e}");
     acme.run(&["policy", "show"]).assert_refused(&["--tenant"]);
     acme.run(&["policy", "show", "--tenant", "nobody"])
         .assert_refused(NOT_ALLOWED);

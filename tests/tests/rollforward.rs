@@ -53,11 +53,23 @@ fn dry_run(lab: &Lab, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(r.stdout.trim()).expect("the dry run prints JSON")
 }
 
+/// Looks every second, but the server's own cadence (a GiB) is never due in a test.
+const LAZY: &str = "[rollforward]\ninterval_secs = 1\nevery_minutes = 0\nevery_mib = 1024\n";
+
 #[test]
 fn a_snapshot_rolled_forward_without_a_backup_serves_pitr() {
-    let Some(mut lab) = Lab::start_with("rollforward", Some(3), EAGER) else {
+    let Some(mut lab) = Lab::start_with("rollforward", Some(3), LAZY) else {
         return;
     };
+    // The cluster's policy sets the cadence, over the server's.
+    let set = lab.op(&["policy", "set", "--rollforward-mib", "1"]);
+    assert!(set.success(), "{}", set.describe());
+    assert!(
+        set.stdout
+            .contains("roll forward     by age: server default; by WAL: every 1 MiB (cluster)"),
+        "{}",
+        set.stdout
+    );
     let backup = backup_ok(&lab.d.agent, &lab.d.primary, &[]);
     lab.d.primary.pgbench(&["-n", "-t", "300"]);
     let before = lab.d.primary.current_lsn();

@@ -180,6 +180,8 @@ fn policy_json(p: &Option<pb::Policy>) -> serde_json::Value {
         "keep_weekly": p.keep_weekly,
         "keep_monthly": p.keep_monthly,
         "min_backups": p.min_backups,
+        "rollforward_minutes": p.rollforward_minutes,
+        "rollforward_mib": p.rollforward_mib,
     })
 }
 
@@ -193,6 +195,8 @@ fn override_json(o: &Option<pb::PolicyOverride>) -> serde_json::Value {
         "keep_weekly": o.keep_weekly,
         "keep_monthly": o.keep_monthly,
         "min_backups": o.min_backups,
+        "rollforward_minutes": o.rollforward_minutes,
+        "rollforward_mib": o.rollforward_mib,
     })
 }
 
@@ -244,6 +248,17 @@ fn print(info: &pb::PolicyInfo, json: bool) {
     ] {
         crate::outln!("  {name:<16} {v}{}", mark(set));
     }
+    let cadence = |v: Option<u32>, unit: &str| match v {
+        None => "server default".to_owned(),
+        Some(0) => "never".to_owned(),
+        Some(n) => format!("every {n} {unit}"),
+    };
+    crate::outln!(
+        "  roll forward     by age: {}; by WAL: {}{}",
+        cadence(e.rollforward_minutes, "min with commits"),
+        cadence(e.rollforward_mib, "MiB"),
+        mark(o.rollforward_minutes.is_some() || o.rollforward_mib.is_some())
+    );
     let quota = if info.quota_bytes == 0 {
         "none".into()
     } else {

@@ -74,6 +74,7 @@ impl Domain {
             catalog.clone(),
             restores.clone(),
             backups.clone(),
+            policies.clone(),
             config.rollforward.clone(),
             config.restore.clone(),
             &config.pg_user,

@@ -45,6 +45,8 @@ fn policy_pb(p: &Policy) -> pb::Policy {
         keep_weekly: p.keep_weekly,
         keep_monthly: p.keep_monthly,
         min_backups: p.min_backups,
+        rollforward_minutes: p.rollforward_minutes,
+        rollforward_mib: p.rollforward_mib,
     }
 }
 
@@ -57,6 +59,8 @@ fn override_pb(o: &PolicyOverride) -> pb::PolicyOverride {
         keep_weekly: o.keep_weekly,
         keep_monthly: o.keep_monthly,
         min_backups: o.min_backups,
+        rollforward_minutes: o.rollforward_minutes,
+        rollforward_mib: o.rollforward_mib,
     }
 }
 
@@ -69,6 +73,8 @@ fn override_from(o: pb::PolicyOverride) -> PolicyOverride {
         keep_weekly: o.keep_weekly,
         keep_monthly: o.keep_monthly,
         min_backups: o.min_backups,
+        rollforward_minutes: o.rollforward_minutes,
+        rollforward_mib: o.rollforward_mib,
     }
 }
 

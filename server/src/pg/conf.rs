@@ -55,6 +55,44 @@ fn valid_guc_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '$' | '.'))
 }
 
+/// Settings the server itself decides for the instances it starts: recovery, where it
+/// listens, what it archives and replicates, and the log it reads.
+const OWNED_SETTINGS: &[&str] = &[
+    "port",
+    "listen_addresses",
+    "unix_socket_directories",
+    "hot_standby",
+    "logging_collector",
+    "log_destination",
+    "lc_messages",
+    "synchronous_standby_names",
+    "restore_command",
+    "hba_file",
+    "ident_file",
+    "config_file",
+    "data_directory",
+    "external_pid_file",
+    "shared_buffers",
+];
+
+/// Why an operator may not set `name` for the instances the server starts (`None`: they may).
+pub(crate) fn refused_setting(name: &str) -> Option<&'static str> {
+    let lower = name.to_ascii_lowercase();
+    if !valid_guc_name(name) {
+        Some("is not a setting name")
+    } else if lower == "shared_buffers" {
+        Some("has its own key: restore.shared_buffers")
+    } else if OWNED_SETTINGS.contains(&lower.as_str())
+        || ["recovery_", "archive_", "primary_"]
+            .iter()
+            .any(|p| lower.starts_with(p))
+    {
+        Some("is set by the server for every instance it starts; remove it")
+    } else {
+        None
+    }
+}
+
 /// One line for a comment: no line breaks or other control characters.
 fn comment_text(text: &str) -> String {
     text.chars()
@@ -485,6 +523,31 @@ mod tests {
             let line = format!("restore_command = {}", guc_quote(v));
             assert_eq!(conf_value(&line, "restore_command").as_deref(), Some(v));
         }
+    }
+
+    #[test]
+    fn operators_cannot_set_what_the_server_owns() {
+        assert_eq!(refused_setting("maintenance_io_concurrency"), None);
+        assert_eq!(refused_setting("auto_explain.log_min_duration"), None);
+        for owned in [
+            "port",
+            "Restore_Command",
+            "recovery_target_time",
+            "archive_mode",
+        ] {
+            assert!(
+                refused_setting(owned)
+                    .unwrap()
+                    .contains("set by the server"),
+                "{owned}"
+            );
+        }
+        assert!(refused_setting("shared_buffers")
+            .unwrap()
+            .contains("restore.shared_buffers"));
+        assert!(refused_setting("a = 1")
+            .unwrap()
+            .contains("not a setting name"));
     }
 
     #[test]

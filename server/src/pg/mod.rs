@@ -11,7 +11,7 @@
 //! - A `postmaster.pid` counts as live only when its process exists, is not a zombie, and works
 //!   in that data directory: a clone carries the pid of a process on the source host.
 
-mod conf;
+pub(crate) mod conf;
 pub mod control;
 mod instance;
 pub mod localwal;

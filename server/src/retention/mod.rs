@@ -92,8 +92,26 @@ fn check(o: &PolicyOverride) -> Result<(), RetentionError> {
             )));
         }
     }
+    if o.rollforward_minutes
+        .is_some_and(|m| m > MAX_CADENCE_MINUTES)
+    {
+        return Err(RetentionError::Invalid(format!(
+            "roll forward every {} minutes: at most {MAX_CADENCE_MINUTES} (a week), or 0 for never by age",
+            o.rollforward_minutes.unwrap_or_default()
+        )));
+    }
+    if o.rollforward_mib.is_some_and(|m| m > MAX_CADENCE_MIB) {
+        return Err(RetentionError::Invalid(format!(
+            "roll forward every {} MiB: at most {MAX_CADENCE_MIB} (1 TiB), or 0 for never by size",
+            o.rollforward_mib.unwrap_or_default()
+        )));
+    }
     Ok(())
 }
+
+/// Longest roll-forward cadence a policy may name.
+const MAX_CADENCE_MINUTES: u32 = 7 * 24 * 60;
+const MAX_CADENCE_MIB: u32 = 1 << 20;
 
 #[derive(Debug, Clone)]
 pub struct Policies {
@@ -221,6 +239,8 @@ fn merge(old: PolicyOverride, change: &PolicyOverride) -> PolicyOverride {
         keep_weekly: change.keep_weekly.or(old.keep_weekly),
         keep_monthly: change.keep_monthly.or(old.keep_monthly),
         min_backups: change.min_backups.or(old.min_backups),
+        rollforward_minutes: change.rollforward_minutes.or(old.rollforward_minutes),
+        rollforward_mib: change.rollforward_mib.or(old.rollforward_mib),
     }
 }
 

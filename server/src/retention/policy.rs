@@ -19,6 +19,13 @@ pub struct Policy {
     pub keep_monthly: u32,
     /// The N newest backups, whatever their age.
     pub min_backups: u32,
+    /// Roll-forward cadence: a new snapshot once the newest is N minutes old and commits
+    /// followed it (0: never by age); `None`: the server's `[rollforward] every_minutes`.
+    #[serde(default)]
+    pub rollforward_minutes: Option<u32>,
+    /// … or once N MiB of WAL followed it (0: never by size); `None`: `every_mib`.
+    #[serde(default)]
+    pub rollforward_mib: Option<u32>,
 }
 
 impl Default for Policy {
@@ -32,6 +39,8 @@ impl Default for Policy {
             keep_weekly: 0,
             keep_monthly: 0,
             min_backups: 2,
+            rollforward_minutes: None,
+            rollforward_mib: None,
         }
     }
 }
@@ -48,6 +57,10 @@ pub struct PolicyOverride {
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
     pub min_backups: Option<u32>,
+    #[serde(default)]
+    pub rollforward_minutes: Option<u32>,
+    #[serde(default)]
+    pub rollforward_mib: Option<u32>,
 }
 
 impl PolicyOverride {
@@ -64,6 +77,8 @@ impl PolicyOverride {
             keep_weekly: self.keep_weekly.unwrap_or(base.keep_weekly),
             keep_monthly: self.keep_monthly.unwrap_or(base.keep_monthly),
             min_backups: self.min_backups.unwrap_or(base.min_backups),
+            rollforward_minutes: self.rollforward_minutes.or(base.rollforward_minutes),
+            rollforward_mib: self.rollforward_mib.or(base.rollforward_mib),
         }
     }
 
@@ -75,6 +90,15 @@ impl PolicyOverride {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_recorded_before_the_cadence_existed_still_read() {
+        let old = r#"{"recovery_window_days":7,"keep_hourly":0,"keep_daily":7,"keep_weekly":0,"keep_monthly":0,"min_backups":2}"#;
+        let p: Policy = serde_json::from_str(old).unwrap();
+        assert_eq!(p, Policy::default());
+        let o: PolicyOverride = serde_json::from_str(r#"{"min_backups":3}"#).unwrap();
+        assert_eq!(o.rollforward_mib, None);
+    }
 
     #[test]
     fn overrides_change_only_what_they_name() {
@@ -91,6 +115,14 @@ mod tests {
         assert_eq!(p.recovery_window_days, None);
         assert_eq!(p.min_backups, 5);
         assert_eq!(p.keep_daily, 7);
+        assert_eq!(p.rollforward_minutes, None);
+        let every_15 = PolicyOverride {
+            rollforward_minutes: Some(15),
+            ..PolicyOverride::default()
+        }
+        .apply(base);
+        assert_eq!(every_15.rollforward_minutes, Some(15));
+        assert_eq!(every_15.rollforward_mib, None);
         assert!(PolicyOverride::default().is_empty());
         assert_eq!(PolicyOverride::default().apply(base), base);
     }

@@ -1,6 +1,32 @@
 //! When a cluster is due for a roll-forward: pure, so the rule is a unit test.
 
+use std::time::Duration;
+
 use crate::config::RollForwardConfig;
+use crate::retention::Policy;
+
+/// How often a cluster gets a new snapshot: its policy's cadence, the server's where the
+/// policy names none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cadence {
+    /// Due once the newest snapshot is this old and commits followed it (zero: never).
+    pub every: Duration,
+    /// … or once this much WAL followed it (zero: never).
+    pub every_bytes: u64,
+}
+
+impl Cadence {
+    pub fn of(policy: &Policy, server: &RollForwardConfig) -> Self {
+        Self {
+            every: policy
+                .rollforward_minutes
+                .map_or(server.every, |m| Duration::from_secs(u64::from(m) * 60)),
+            every_bytes: policy
+                .rollforward_mib
+                .map_or(server.every_bytes, |m| u64::from(m) << 20),
+        }
+    }
+}
 
 /// What followed a cluster's newest snapshot.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -14,8 +40,13 @@ pub struct Since {
 }
 
 /// Why the cluster is due (`Ok`), or why not (`Err`).
-pub fn due(c: &RollForwardConfig, s: Since) -> Result<String, String> {
+pub fn due(c: &Cadence, s: Since) -> Result<String, String> {
     let every = c.every.as_secs();
+    if every == 0 && c.every_bytes == 0 {
+        return Err(
+            "the cluster's policy turns roll-forward off (every 0 minutes and 0 MiB)".into(),
+        );
+    }
     if c.every_bytes > 0 && s.wal_bytes >= c.every_bytes {
         return Ok(format!(
             "{} of WAL since the newest snapshot (every {})",
@@ -46,12 +77,39 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn config(minutes: u64, mib: u64) -> RollForwardConfig {
-        RollForwardConfig {
+    fn config(minutes: u64, mib: u64) -> Cadence {
+        Cadence {
             every: Duration::from_secs(minutes * 60),
             every_bytes: mib << 20,
-            ..RollForwardConfig::default()
         }
+    }
+
+    #[test]
+    fn the_policy_wins_over_the_server_rule_by_rule() {
+        let server = RollForwardConfig::default();
+        assert_eq!(
+            Cadence::of(&Policy::default(), &server),
+            config(60, 1024),
+            "no cadence in the policy: the server's"
+        );
+        let p = Policy {
+            rollforward_minutes: Some(15),
+            ..Policy::default()
+        };
+        assert_eq!(Cadence::of(&p, &server), config(15, 1024));
+        let off = Policy {
+            rollforward_minutes: Some(0),
+            rollforward_mib: Some(0),
+            ..Policy::default()
+        };
+        let busy = Since {
+            wal_bytes: 100 << 30,
+            secs: 1 << 20,
+            commits: true,
+        };
+        assert!(due(&Cadence::of(&off, &server), busy)
+            .unwrap_err()
+            .contains("turns roll-forward off"));
     }
 
     #[test]

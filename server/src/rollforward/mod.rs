@@ -44,6 +44,7 @@ use crate::layout::{ClusterLayout, SnapshotDatasets};
 use crate::pg::{self, Goal, Instance, InstanceSpec, PgBinaries};
 use crate::restore::plan::Action;
 use crate::restore::{Planned, RestoreError, RestoreSpec, Restores, TargetSpec};
+use crate::retention::Policies;
 use crate::storage::{DatasetOptions, Storage, StorageError};
 
 /// Suffix of roll-forward snapshot ids: `<UTC stamp>-rf` sorts after the backups before it.
@@ -67,6 +68,12 @@ pub enum RollForwardError {
         cluster: ClusterId,
         #[source]
         source: Box<RestoreError>,
+    },
+    #[error("{cluster}: read the roll-forward cadence of its policy: {source}")]
+    Policy {
+        cluster: ClusterId,
+        #[source]
+        source: Box<crate::retention::RetentionError>,
     },
     #[error("{cluster}: roll-forward of chain {chain}: {detail}")]
     Replay {
@@ -107,6 +114,7 @@ pub struct RollForward {
     catalog: Catalog,
     restores: Restores,
     backups: Backups,
+    policies: Policies,
     config: RollForwardConfig,
     restore_config: RestoreConfig,
     pg_user: String,
@@ -142,6 +150,7 @@ impl RollForward {
         catalog: Catalog,
         restores: Restores,
         backups: Backups,
+        policies: Policies,
         config: RollForwardConfig,
         restore_config: RestoreConfig,
         pg_user: &str,
@@ -151,6 +160,7 @@ impl RollForward {
             catalog,
             restores,
             backups,
+            policies,
             config,
             restore_config,
             pg_user: pg_user.to_owned(),
@@ -298,7 +308,14 @@ impl RollForward {
                 .reach_micros
                 .is_some_and(|m| m > last.start_unix.saturating_mul(1_000_000)),
         };
-        let why = match cadence::due(&self.config, since) {
+        let policy = self
+            .policies
+            .effective(cluster)
+            .map_err(|e| RollForwardError::Policy {
+                cluster: cluster.clone(),
+                source: Box::new(e),
+            })?;
+        let why = match cadence::due(&cadence::Cadence::of(&policy, &self.config), since) {
             Ok(why) => why,
             Err(why) => return Ok(Outcome::NotDue(why)),
         };
