@@ -73,6 +73,8 @@ const OWNED_SETTINGS: &[&str] = &[
     "data_directory",
     "external_pid_file",
     "shared_buffers",
+    "recovery_end_command",
+    "recovery_min_apply_delay",
 ];
 
 /// Why an operator may not set `name` for the instances the server starts (`None`: they may).
@@ -83,7 +85,7 @@ pub(crate) fn refused_setting(name: &str) -> Option<&'static str> {
     } else if lower == "shared_buffers" {
         Some("has its own key: restore.shared_buffers")
     } else if OWNED_SETTINGS.contains(&lower.as_str())
-        || ["recovery_", "archive_", "primary_"]
+        || ["recovery_target", "archive_", "primary_"]
             .iter()
             .any(|p| lower.starts_with(p))
     {
@@ -529,6 +531,7 @@ mod tests {
     fn operators_cannot_set_what_the_server_owns() {
         assert_eq!(refused_setting("maintenance_io_concurrency"), None);
         assert_eq!(refused_setting("auto_explain.log_min_duration"), None);
+        assert_eq!(refused_setting("recovery_prefetch"), None);
         for owned in [
             "port",
             "Restore_Command",

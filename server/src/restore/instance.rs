@@ -190,7 +190,7 @@ pub fn start(
             "restore_command".into(),
             restore_command(restores, planned)?,
         ));
-        settings.extend(cfg.tuning());
+        settings.extend(cfg.tuning(planned.pg_major));
         pg::prepare(&spec, &id, &settings, "recovery.signal").map_err(|e| fail(e.to_string()))?;
         progress(&format!(
             "starting PostgreSQL {} on port {port}",

@@ -470,7 +470,11 @@ impl RollForward {
             pg::prepare(
                 &spec,
                 &format!("roll-forward of {cluster}"),
-                &[self.settings(planned)?, self.restore_config.tuning()].concat(),
+                &[
+                    self.settings(planned)?,
+                    self.restore_config.tuning(planned.pg_major),
+                ]
+                .concat(),
                 "standby.signal",
             )
             .map_err(|e| fail(e.to_string()))?;
