@@ -46,6 +46,8 @@ pub mod backup_props {
     pub const STATS: &str = "stats";
     /// A roll-forward snapshot's base backup (absent on backups).
     pub const BASE: &str = "base";
+    /// Its verification's receipt, as JSON: set once the snapshot was checked.
+    pub const RECEIPT: &str = "receipt";
 }
 
 /// Property of a restore's dataset (`restores/<id>`): the catalog's record, as JSON.

@@ -113,6 +113,19 @@ fn snapshots_are_verified_and_damage_fails_loudly() {
     assert!(!r.success(), "verify passed with a failed snapshot");
     assert!(r.stdout.contains(&damaged.id), "{}", r.describe());
 
+    // The receipts are on the snapshots too: a catalog rebuilt from the pool still has them.
+    let receipts = |lab: &Lab| {
+        list_backups(&lab.operator, Some(CLUSTER))
+            .into_iter()
+            .map(|b| (b.id, b.verification, b.receipt))
+            .collect::<Vec<_>>()
+    };
+    let before = receipts(&lab);
+    lab.d.wv.server.stop();
+    lab.d.wv.server.catalog_rebuild();
+    lab.d.wv.server.restart();
+    assert_eq!(receipts(&lab), before, "receipts lost in a catalog rebuild");
+
     // A segment between the two backups goes missing: the first no longer reaches the second.
     let seg_size: u64 = 16 << 20;
     let missing = good.stop().0 / seg_size + 1;

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use walvault_proto::{Lsn, TimelineId};
 
-use crate::catalog::{BackupRecord, BackupStats};
+use crate::catalog::{BackupRecord, BackupStats, Receipt};
 use crate::layout::backup_props as p;
 
 /// The `walvault:*` properties of a backup's snapshots (DESIGN §4).
@@ -65,6 +65,24 @@ pub fn snapshot_properties(r: &BackupRecord) -> BTreeMap<String, String> {
     props
 }
 
+/// A receipt as a snapshot property: JSON, with its error lines cut until it fits in one.
+pub fn receipt_property(r: &Receipt) -> String {
+    let max = crate::storage::zfs::PROPERTY_VALUE_MAX;
+    let mut r = r.clone();
+    loop {
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        let longest = r.errors.iter().map(String::len).max().unwrap_or(0);
+        if json.len() <= max || longest <= 80 && r.errors.len() <= 1 {
+            return json;
+        }
+        if r.errors.len() > 1 {
+            r.errors.pop();
+        } else if let Some(e) = r.errors.first_mut() {
+            *e = e.chars().take(e.chars().count() / 2).collect();
+        }
+    }
+}
+
 /// The backup a snapshot's properties describe; `None` for a snapshot that is no backup.
 pub fn record_from_properties(props: &BTreeMap<String, String>) -> Option<BackupRecord> {
     let get = |k: &str| props.get(k).map(String::as_str);
@@ -96,7 +114,7 @@ pub fn record_from_properties(props: &BTreeMap<String, String>) -> Option<Backup
             files_deleted: stat(6),
             duration_ms: stat(7),
         },
-        receipt: None,
+        receipt: get(p::RECEIPT).and_then(|j| serde_json::from_str(j).ok()),
     })
 }
 
@@ -144,5 +162,50 @@ mod tests {
         assert_eq!(props.get(p::CONSISTENT).map(String::as_str), Some("true"));
         assert_eq!(record_from_properties(&props), Some(rolled));
         assert_eq!(record_from_properties(&BTreeMap::new()), None);
+    }
+
+    #[test]
+    fn receipts_come_back_from_the_snapshot_and_always_fit() {
+        let mut r = BackupRecord {
+            id: "20261122T101500Z".into(),
+            kind: BackupKind::Full,
+            base: None,
+            label: String::new(),
+            host: "db1".into(),
+            start_lsn: Lsn(0x2000028),
+            stop_lsn: Lsn(0x2000100),
+            timeline: TimelineId(1),
+            start_unix: 1,
+            stop_unix: 2,
+            stats: BackupStats::default(),
+            receipt: None,
+        };
+        let receipt = Receipt {
+            verified: false,
+            checked_unix: 3,
+            checks: vec!["page checksums".into(), "amcheck".into()],
+            first_query_ms: 800,
+            duration_ms: 2000,
+            tables: 4,
+            indexes: 3,
+            errors: vec!["ERROR:  invalid page in block 0 of relation base/5/16384".into()],
+        };
+        let mut props = snapshot_properties(&r);
+        props.insert(p::RECEIPT.into(), receipt_property(&receipt));
+        r.receipt = Some(receipt.clone());
+        assert_eq!(record_from_properties(&props), Some(r));
+
+        let noisy = Receipt {
+            errors: vec!["é".repeat(3000); 10],
+            ..receipt
+        };
+        let json = receipt_property(&noisy);
+        assert!(
+            json.len() <= crate::storage::zfs::PROPERTY_VALUE_MAX,
+            "{}",
+            json.len()
+        );
+        let back: Receipt = serde_json::from_str(&json).unwrap();
+        assert!(!back.verified && !back.errors.is_empty());
     }
 }

@@ -214,6 +214,16 @@ pub trait Storage: Send + Sync + fmt::Debug {
         properties: &BTreeMap<String, String>,
     ) -> Result<(), StorageError>;
 
+    /// Sets `walvault:<key>` on the existing snapshot `path@snapshot` (what is learnt about a
+    /// snapshot after it was taken, such as its verification).
+    fn set_snapshot_property(
+        &self,
+        path: &DatasetPath,
+        snapshot: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StorageError>;
+
     /// Snapshots of `path`, oldest first.
     fn snapshots(&self, path: &DatasetPath) -> Result<Vec<SnapshotInfo>, StorageError>;
 

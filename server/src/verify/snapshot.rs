@@ -110,8 +110,32 @@ impl Verifier {
             .any(|b| b.id == record.id)
         {
             self.catalog.put_backup(cluster, &record)?;
+            self.record_on_snapshot(cluster, &record.id, &receipt);
         }
         Ok(receipt)
+    }
+
+    /// The receipt on the snapshot too, so that `catalog rebuild` finds it. The catalog holds
+    /// it already: a failure here costs a second verification after a rebuild, no more.
+    fn record_on_snapshot(&self, cluster: &ClusterId, id: &str, receipt: &Receipt) {
+        let set = self
+            .restores
+            .snapshot_datasets(cluster, id)
+            .map_err(|e| e.to_string())
+            .and_then(|ds| {
+                self.restores
+                    .storage()
+                    .set_snapshot_property(
+                        &ds.parent,
+                        id,
+                        crate::layout::backup_props::RECEIPT,
+                        &crate::backup::props::receipt_property(receipt),
+                    )
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = set {
+            tracing::warn!(cluster = %cluster, snapshot = id, error = %e, "could not record the receipt on the snapshot (the catalog has it)");
+        }
     }
 
     /// The WAL from the snapshot to the next (or to the end of the archive) is all there.
@@ -262,7 +286,7 @@ impl Verifier {
             .map_err(|e| format!("move pg_wal of the clone to {}: {e}", dir.display()))?;
         }
         let mut settings = planned.plan.settings.clone();
-        settings.extend(cfg.tuning());
+        settings.extend(cfg.tuning(planned.pg_major));
         settings.push((
             "restore_command".into(),
             crate::restore::instance::restore_command(&self.restores, planned)

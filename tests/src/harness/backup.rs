@@ -55,7 +55,7 @@ pub struct BackupInfo {
 }
 
 /// A snapshot's verification receipt, as `walvault backups --json` prints it.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct Receipt {
     pub verified: bool,
     pub checks: Vec<String>,

@@ -28,6 +28,7 @@ fn no_rules() -> Policy {
         keep_weekly: 0,
         keep_monthly: 0,
         min_backups: 0,
+        ..Policy::default()
     }
 }
 

@@ -562,6 +562,28 @@ fn snapshot_properties_and_order(f: &Fixture) {
             .collect::<Vec<_>>()
     };
     assert_eq!(strip(again.snapshots(&p("o")).unwrap()), strip(snaps));
+
+    // What is learnt later goes on the snapshot itself, next to what it was taken with.
+    s.set_snapshot_property(&p("o"), "mid", "receipt", r#"{"verified":true}"#)
+        .unwrap();
+    let mid = s
+        .snapshots(&p("o"))
+        .unwrap()
+        .into_iter()
+        .find(|i| i.name == "mid")
+        .unwrap();
+    assert_eq!(
+        mid.properties,
+        props(&[
+            ("seq", "2"),
+            ("label", "a label  with spaces"),
+            ("receipt", r#"{"verified":true}"#)
+        ])
+    );
+    assert!(matches!(
+        s.set_snapshot_property(&p("o"), "nope", "receipt", "x"),
+        Err(StorageError::SnapshotNotFound { .. })
+    ));
 }
 
 fn clone_is_independent(f: &Fixture) {

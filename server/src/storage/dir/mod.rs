@@ -567,6 +567,33 @@ impl Storage for DirStorage {
         Ok(())
     }
 
+    fn set_snapshot_property(
+        &self,
+        path: &DatasetPath,
+        snapshot: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StorageError> {
+        check_snapshot_name(snapshot)?;
+        check_property_key(key)?;
+        check_property_value(key, value)?;
+        let _guard = self.locked();
+        self.load(path)?;
+        if !self.has_snapshot(path, snapshot) {
+            return Err(StorageError::SnapshotNotFound {
+                dataset: path.clone(),
+                snapshot: snapshot.to_owned(),
+            });
+        }
+        let meta_path = self.snapshot_dir(path, snapshot).join(SNAPSHOT_META);
+        let mut meta: SnapshotMeta = read_json(&meta_path).map_err(|e| StorageError::Parse {
+            what: meta_path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        meta.properties.insert(key.to_owned(), value.to_owned());
+        write_json(&meta_path, &meta)
+    }
+
     fn snapshots(&self, path: &DatasetPath) -> Result<Vec<SnapshotInfo>, StorageError> {
         self.snapshot_metas(path)?
             .into_iter()

@@ -661,6 +661,22 @@ impl Storage for ZfsStorage {
         }
     }
 
+    fn set_snapshot_property(
+        &self,
+        path: &DatasetPath,
+        snapshot: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), StorageError> {
+        check_snapshot_name(snapshot)?;
+        check_property_key(key)?;
+        check_property_value(key, value)?;
+        let full = self.snapshot_name(path, snapshot);
+        zfs(&["set", &format!("{PROPERTY_PREFIX}{key}={value}"), &full])
+            .map_err(|e| self.classify(e, Subject::Snapshot(path, snapshot)))?;
+        Ok(())
+    }
+
     fn destroy_snapshot(
         &self,
         path: &DatasetPath,

@@ -36,6 +36,7 @@ fn scenario() -> impl Strategy<Value = Scenario> {
             keep_weekly: wk,
             keep_monthly: m,
             min_backups: min,
+            ..Policy::default()
         });
     (
         (
