@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use tokio_stream::wrappers::ReceiverStream;
 use walvault_proto::pb::{self, backup_request::Part as BackupReq, push_wal_request};
+use walvault_tests::harness::bench::rss_kib;
 use walvault_tests::harness::{
     backup::{backup_ok, list_backups, Deployment},
     restore::{archive_now, restore_ports, restore_section},
@@ -26,19 +27,6 @@ use walvault_tests::harness::{
 const IDLE_SECS: u64 = 4;
 /// The bound of the README: the server's peak RSS over its RSS before the hostile load.
 const RSS_BOUND_MIB: u64 = 320;
-
-/// (current RSS, peak RSS) of a process in KiB, from /proc/<pid>/status.
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
-    (field("VmRSS:"), field("VmHWM:"))
-}
 
 /// Another tenant's archive_command, one process per segment, timed: every push must succeed.
 struct Victim {

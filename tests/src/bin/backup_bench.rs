@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use walvault_tests::harness::backup::zfs_mutate;
 use walvault_tests::harness::bench::{
-    cpu_model, dir_bytes, ensure_installed, meminfo_total, mib, peer_dataset, pgbackrest_conf,
-    pgbench, timed, zfs_get,
+    cpu_model, dir_bytes, ensure_installed, meminfo_total, mib, peer_dataset, pgbench, timed,
+    zfs_get, Pgbackrest,
 };
 use walvault_tests::harness::wal::archive_conf;
 use walvault_tests::harness::{
@@ -187,77 +187,6 @@ fn walvault_backup(log: &Log, agent: &Client, pg: &Pg) -> (Value, f64) {
 
 fn num(v: &Value, key: &str) -> u64 {
     v[key].as_u64().unwrap_or(0)
-}
-
-/// pgbackrest 2.45 with its repository on a dataset of the walvault pool.
-struct Pgbackrest {
-    conf: PathBuf,
-    dataset: String,
-    repo: PathBuf,
-    log: Log,
-}
-
-impl Pgbackrest {
-    fn setup(td: &TestDir, pool: &str, pg: &Pg) -> Result<Self, String> {
-        ensure_installed("pgbackrest", "pgbackrest")?;
-        let version = Command::new("pgbackrest")
-            .arg("version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default();
-        let (dataset, repo) = peer_dataset(td.log(), pool, "pgbackrest")?;
-        let conf = pgbackrest_conf(td, &repo, pg)?;
-        let me = Self {
-            conf,
-            dataset,
-            repo,
-            log: td.log().clone(),
-        };
-        let r = run(
-            &me.log,
-            &mut me.command(&["stanza-create"]),
-            Duration::from_secs(300),
-        );
-        if !r.success() {
-            return Err(format!("stanza-create failed: {}", r.stderr.trim()));
-        }
-        println!("{version}: repository on {}", me.dataset);
-        Ok(me)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("runuser");
-        c.args(["-u", PG_USER, "--", "pgbackrest"])
-            .arg(format!("--config={}", self.conf.display()))
-            .arg("--stanza=bench")
-            .args(args)
-            .current_dir("/");
-        c
-    }
-
-    /// Runs a backup of `kind` (full, incr); returns its wall-clock seconds and its entry in
-    /// `pgbackrest info --output=json`.
-    fn backup(&self, kind: &str) -> (f64, Value) {
-        let (_, secs) = timed(
-            &self.log,
-            &mut self.command(&["backup", &format!("--type={kind}")]),
-            Duration::from_secs(1800),
-        );
-        let (r, _) = timed(
-            &self.log,
-            &mut self.command(&["info", "--output=json"]),
-            Duration::from_secs(120),
-        );
-        let info: Value = serde_json::from_str(r.stdout.trim())
-            .unwrap_or_else(|e| panic!("pgbackrest info is not JSON ({e}): {}", r.stdout));
-        let last = info[0]["backup"]
-            .as_array()
-            .and_then(|b| b.last())
-            .cloned()
-            .unwrap_or_else(|| panic!("pgbackrest info lists no backup: {info}"));
-        assert_eq!(last["type"].as_str(), Some(kind), "last backup: {last}");
-        (secs, last)
-    }
 }
 
 /// Barman 3.4 from Debian, `backup_method = postgres` (pg_basebackup, zstd level 1 on the

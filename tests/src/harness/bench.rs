@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 use super::{run, Log, Pg, Run, TestDir, PG_USER};
 
 const MIB: f64 = (1u64 << 20) as f64;
@@ -54,6 +56,19 @@ pub fn pgbench(log: &Log, pg: &Pg, args: &[&str], timeout: Duration) -> f64 {
         .arg("postgres")
         .current_dir("/");
     timed(log, &mut c, timeout).1
+}
+
+/// (current RSS, peak RSS) of a process in KiB, from /proc/<pid>/status.
+pub fn rss_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+    };
+    (field("VmRSS:"), field("VmHWM:"))
 }
 
 /// The machine's memory, for reports.
@@ -160,4 +175,76 @@ pub fn pgbackrest_conf(td: &TestDir, repo: &Path, pg: &Pg) -> Result<PathBuf, St
     .map_err(|e| format!("write {}: {e}", conf.display()))?;
     super::chmod(&conf, 0o644);
     Ok(conf)
+}
+
+/// pgbackrest 2.45 with its repository on a dataset of the walvault pool.
+pub struct Pgbackrest {
+    pub conf: PathBuf,
+    pub dataset: String,
+    pub repo: PathBuf,
+    log: Log,
+}
+
+impl Pgbackrest {
+    pub fn setup(td: &TestDir, pool: &str, pg: &Pg) -> Result<Self, String> {
+        ensure_installed("pgbackrest", "pgbackrest")?;
+        let version = Command::new("pgbackrest")
+            .arg("version")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default();
+        let (dataset, repo) = peer_dataset(td.log(), pool, "pgbackrest")?;
+        let conf = pgbackrest_conf(td, &repo, pg)?;
+        let me = Self {
+            conf,
+            dataset,
+            repo,
+            log: td.log().clone(),
+        };
+        let r = run(
+            &me.log,
+            &mut me.command(&["stanza-create"]),
+            Duration::from_secs(300),
+        );
+        if !r.success() {
+            return Err(format!("stanza-create failed: {}", r.stderr.trim()));
+        }
+        println!("{version}: repository on {}", me.dataset);
+        Ok(me)
+    }
+
+    /// `pgbackrest --config=… --stanza=bench <args>` as postgres.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("runuser");
+        c.args(["-u", PG_USER, "--", "pgbackrest"])
+            .arg(format!("--config={}", self.conf.display()))
+            .arg("--stanza=bench")
+            .args(args)
+            .current_dir("/");
+        c
+    }
+
+    /// Runs a backup of `kind` (full, incr); returns its wall-clock seconds and its entry in
+    /// `pgbackrest info --output=json`.
+    pub fn backup(&self, kind: &str) -> (f64, Value) {
+        let (_, secs) = timed(
+            &self.log,
+            &mut self.command(&["backup", &format!("--type={kind}")]),
+            Duration::from_secs(1800),
+        );
+        let (r, _) = timed(
+            &self.log,
+            &mut self.command(&["info", "--output=json"]),
+            Duration::from_secs(120),
+        );
+        let info: Value = serde_json::from_str(r.stdout.trim())
+            .unwrap_or_else(|e| panic!("pgbackrest info is not JSON ({e}): {}", r.stdout));
+        let last = info[0]["backup"]
+            .as_array()
+            .and_then(|b| b.last())
+            .cloned()
+            .unwrap_or_else(|| panic!("pgbackrest info lists no backup: {info}"));
+        assert_eq!(last["type"].as_str(), Some(kind), "last backup: {last}");
+        (secs, last)
+    }
 }

@@ -79,9 +79,19 @@ pub struct Zpool {
     _lock: Option<std::fs::File>,
 }
 
+/// The size of the pools the harness creates, in GiB.
+fn pool_gib() -> u64 {
+    std::env::var("WALVAULT_TEST_POOL_GIB")
+        .ok()
+        .and_then(|g| g.parse().ok())
+        .filter(|g| *g > 0)
+        .unwrap_or(1)
+}
+
 impl Zpool {
-    /// A 1 GiB sparse-file pool named `wvt<pid><n>`, mounted at `<testdir>/mnt`. `None`
-    /// (after [`skip`]) when ZFS is not usable here.
+    /// A sparse-file pool named `wvt<pid><n>`, mounted at `<testdir>/mnt`: 1 GiB, or
+    /// `WALVAULT_TEST_POOL_GIB` GiB (for benchmarks with more data). `None` (after [`skip`])
+    /// when ZFS is not usable here.
     pub fn create(dir: &TestDir) -> Option<Self> {
         if let Err(reason) = check_zfs() {
             skip(&reason);
@@ -95,7 +105,7 @@ impl Zpool {
         );
         let vdev = dir.join("pool.img");
         std::fs::File::create(&vdev)
-            .and_then(|f| f.set_len(1 << 30))
+            .and_then(|f| f.set_len(pool_gib() << 30))
             .unwrap_or_else(|e| panic!("create sparse vdev {}: {e}", vdev.display()));
         let mountpoint = dir.join("mnt");
         let _serial = pool_ops();
