@@ -74,6 +74,7 @@ struct RawRestore {
     local_wal_dir: Option<String>,
     shared_buffers: Option<String>,
     settings: Option<std::collections::BTreeMap<String, String>>,
+    prefetch: Option<bool>,
 }
 
 fn default_pg_user() -> String {
@@ -272,6 +273,8 @@ pub struct RestoreConfig {
     /// More settings for the instances the server starts (`[restore.settings]`), after the
     /// source's and before the recovery settings the server owns.
     pub settings: Vec<(String, String)>,
+    /// Read the blocks recovery will need ahead of it (see `restore::prefetch`).
+    pub prefetch: bool,
 }
 
 impl Default for RestoreConfig {
@@ -285,6 +288,7 @@ impl Default for RestoreConfig {
             local_wal_dir: Some(PathBuf::from("/var/tmp/walvault-wal")),
             shared_buffers: None,
             settings: Vec::new(),
+            prefetch: true,
         }
     }
 }
@@ -385,6 +389,9 @@ fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
             ));
         }
         c.shared_buffers = Some(b);
+    }
+    if let Some(p) = raw.prefetch {
+        c.prefetch = p;
     }
     for (name, value) in raw.settings.unwrap_or_default() {
         if let Some(why) = crate::pg::conf::refused_setting(&name) {

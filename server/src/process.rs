@@ -97,9 +97,38 @@ pub fn run_stdout(cmd: &mut Command) -> Result<String, ProcessError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+
+/// The path of this program, for the commands it hands to PostgreSQL (`restore_command`).
+/// When the binary was replaced while the server runs (a package upgrade), Linux names the
+/// running one "`<path> (deleted)`"; the commands then use the new binary at `<path>`.
+pub fn own_binary() -> std::io::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let text = exe.to_string_lossy().into_owned();
+    Ok(match strip_deleted(&text) {
+        Some(live) => {
+            tracing::warn!(binary = %live, "walvault-server's binary was replaced while it runs: the restore_command of new instances uses the new one; restart the server");
+            std::path::PathBuf::from(live)
+        }
+        None => exe,
+    })
+}
+
+fn strip_deleted(path: &str) -> Option<&str> {
+    path.strip_suffix(" (deleted)")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_replaced_binary_is_named_by_its_path() {
+        assert_eq!(
+            strip_deleted("/usr/bin/walvault-server (deleted)"),
+            Some("/usr/bin/walvault-server")
+        );
+        assert_eq!(strip_deleted("/usr/bin/walvault-server"), None);
+    }
 
     #[test]
     fn failure_carries_argv_status_and_stderr() {

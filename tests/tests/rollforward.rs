@@ -135,6 +135,19 @@ fn a_snapshot_rolled_forward_without_a_backup_serves_pitr() {
         "instance from {picked}: first query {:.2?} after the request",
         inst.ready_after
     );
+    // The server read ahead of that recovery the blocks its WAL changes (and the data is
+    // still exactly the source's: read-ahead only reads).
+    let log = lab.d.wv.server.log_text();
+    let ahead = log
+        .lines()
+        .find(|l| {
+            l.contains("read ahead of recovery") && l.contains(&format!("restore {}", inst.info.id))
+        })
+        .unwrap_or_else(|| panic!("no read-ahead logged for restore {}", inst.info.id));
+    assert!(
+        !ahead.contains(" blocks=0 ") && ahead.contains(" reads="),
+        "the read-ahead read nothing: {ahead}"
+    );
     lab.drop_restore(&inst.info.id);
 
     let (pg, dir) = lab.restore_and_start("from-rf", &["--time", &t.utc]);

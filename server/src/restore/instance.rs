@@ -65,7 +65,8 @@ pub(crate) fn restore_command(
     restores: &Restores,
     planned: &Planned,
 ) -> Result<String, RestoreError> {
-    let exe = std::env::current_exe().map_err(RestoreError::io("find walvault-server's binary"))?;
+    let exe =
+        crate::process::own_binary().map_err(RestoreError::io("find walvault-server's binary"))?;
     let wal = restores.archive().wal_dir_path(&planned.cluster)?;
     Ok(format!(
         "{} wal-unpack --require-through {} {} %f %p",
@@ -196,6 +197,14 @@ pub fn start(
             "starting PostgreSQL {} on port {port}",
             planned.pg_major
         ));
+        let ahead = restores.read_ahead(
+            planned,
+            super::prefetch::CopyDirs {
+                data: data.clone(),
+                tablespaces: dirs.iter().map(|(o, d)| (*o, PathBuf::from(d))).collect(),
+            },
+            &format!("restore {id}"),
+        );
         let instance = Instance::start(&bins, spec).map_err(|e| fail(e.to_string()))?;
         crate::fault::point("instance-recovering");
         let conninfo = instance.conninfo();
@@ -217,6 +226,7 @@ pub fn start(
             .instance
             .wait_for_unless(goal, deadline, progress, cancelled)
             .map_err(|e| fail(e.to_string()))?;
+        drop(ahead);
         // A shut-down instance cannot be asked; PostgreSQL itself fails a recovery that ends
         // before its target, and wal-unpack one that lacks a segment it needs.
         if goal != Goal::ShutDown {

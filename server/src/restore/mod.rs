@@ -15,6 +15,7 @@ pub mod clone;
 pub mod deliver;
 pub mod instance;
 pub mod plan;
+pub mod prefetch;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -625,6 +626,34 @@ impl Restores {
     pub(crate) fn config(&self) -> &RestoreConfig {
         &self.config
     }
+    /// Reads ahead of PostgreSQL's recovery of `planned` on the copy in `dirs` (unless
+    /// `restore.prefetch` is off); stopped when dropped.
+    pub(crate) fn read_ahead(
+        &self,
+        planned: &Planned,
+        dirs: prefetch::CopyDirs,
+        label: &str,
+    ) -> Option<prefetch::Prefetch> {
+        if !self.config.prefetch {
+            return None;
+        }
+        let seg = u64::from(planned.segment_size);
+        let b = &planned.plan.backup;
+        let ahead = prefetch::Ahead {
+            cluster: planned.cluster.clone(),
+            from: (b.timeline, b.start_lsn.0 / seg),
+            through: planned.plan.through,
+            segment_size: planned.segment_size,
+            pg_major: planned.pg_major,
+        };
+        Some(prefetch::Prefetch::start(
+            self.archive.clone(),
+            ahead,
+            dirs,
+            label,
+        ))
+    }
+
     pub(crate) fn pg_user(&self) -> &str {
         &self.pg_user
     }

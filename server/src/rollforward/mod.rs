@@ -478,6 +478,15 @@ impl RollForward {
                 "standby.signal",
             )
             .map_err(|e| fail(e.to_string()))?;
+            // Roll-forward does not handle tablespaces (yet): the data directory is all.
+            let ahead = self.restores.read_ahead(
+                planned,
+                crate::restore::prefetch::CopyDirs {
+                    data: data.clone(),
+                    tablespaces: Vec::new(),
+                },
+                &format!("roll-forward of {cluster}"),
+            );
             let instance = Instance::start(&bins, spec.clone()).map_err(|e| fail(e.to_string()))?;
             crate::fault::point("rollforward-replaying");
             let deadline = Instant::now() + self.config.max;
@@ -488,6 +497,7 @@ impl RollForward {
                 &mut |_| {},
                 &stopping,
             );
+            drop(ahead);
             let reached = match reached {
                 Ok(r) => r,
                 Err(e) => {

@@ -299,6 +299,17 @@ impl Verifier {
             "recovery.signal",
         )
         .map_err(|e| e.to_string())?;
+        let ahead = self.restores.read_ahead(
+            planned,
+            crate::restore::prefetch::CopyDirs {
+                data: data.clone(),
+                tablespaces: dirs
+                    .iter()
+                    .map(|(o, d)| (*o, std::path::PathBuf::from(d)))
+                    .collect(),
+            },
+            &format!("verification of {}", planned.plan.backup.id),
+        );
         let instance = Instance::start(&bins, spec).map_err(|e| e.to_string())?;
         crate::fault::point("verify-recovering");
         let checked = (|| {
@@ -314,6 +325,7 @@ impl Verifier {
             instance
                 .wait_for(Goal::Promoted, deadline, &mut |_| {})
                 .map_err(|e| e.to_string())?;
+            drop(ahead);
             instance.query("SELECT 1").map_err(|e| e.to_string())?;
             run.first_query_ms = started.elapsed().as_millis() as u64;
             run.checks.push("recovered to consistency".into());

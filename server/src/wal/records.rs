@@ -51,13 +51,18 @@ const XLR_BLOCK_ID_DATA_SHORT: u8 = 255;
 const XLR_BLOCK_ID_DATA_LONG: u8 = 254;
 const XLR_BLOCK_ID_ORIGIN: u8 = 253;
 const XLR_BLOCK_ID_TOPLEVEL_XID: u8 = 252;
+const BKPBLOCK_FORK_MASK: u8 = 0x0F;
 const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
+const BKPBLOCK_WILL_INIT: u8 = 0x40;
 const BKPBLOCK_HAS_DATA: u8 = 0x20;
 const BKPBLOCK_SAME_REL: u8 = 0x80;
 const BKPIMAGE_HAS_HOLE: u8 = 0x01;
 /// Before PostgreSQL 15 one bit said "compressed" (with pglz); 15 has one bit per method.
 const BKPIMAGE_IS_COMPRESSED_PRE15: u8 = 0x02;
 const BKPIMAGE_COMPRESSED_15: u8 = 0x04 | 0x08 | 0x10;
+/// The image is restored by replay (not only kept for `wal_consistency_checking`).
+const BKPIMAGE_APPLY_PRE15: u8 = 0x04;
+const BKPIMAGE_APPLY_15: u8 = 0x02;
 
 // Resource managers and the records of theirs we read.
 const RM_XLOG_ID: u8 = 0;
@@ -160,6 +165,19 @@ pub struct SegmentEvents {
     pub wal_end: Option<WalEnd>,
 }
 
+/// A data block a record changes and replay must read first: one without a full-page image
+/// to restore and not initialised from scratch by the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlockRef {
+    /// `RelFileNode` / `RelFileLocator`: tablespace, database, relation file.
+    pub spc: u32,
+    pub db: u32,
+    pub rel: u32,
+    /// 0 main, 1 free space map, 2 visibility map, 3 init.
+    pub fork: u8,
+    pub block: u32,
+}
+
 /// Where and why valid WAL stops: the normal end of a `.partial` file or a recycled segment,
 /// or a torn write. Not an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,6 +257,38 @@ pub enum RecordError {
 /// The segment's name is not known here: check it against the header first
 /// ([`LongPageHeader::check_segment`]), as a recycled file would otherwise read as its old self.
 pub fn read_events(segment: &[u8], next: Option<&[u8]>) -> Result<SegmentEvents, RecordError> {
+    let mut events = Vec::new();
+    let mut out = walk(segment, next, &mut |h, bytes, pg_major, lsn, end_lsn| {
+        if let Some(event) = interpret(h, bytes, pg_major, lsn, end_lsn)? {
+            events.push(event);
+        }
+        Ok(())
+    })?;
+    out.events = events;
+    Ok(out)
+}
+
+/// The blocks the records starting in `segment` make replay read, in record order (a block
+/// may repeat). Records that cannot be decoded are skipped: the list guides prefetching only.
+pub fn read_block_refs(segment: &[u8], next: Option<&[u8]>) -> Result<Vec<BlockRef>, RecordError> {
+    let mut blocks = Vec::new();
+    walk(segment, next, &mut |_, bytes, pg_major, _, _| {
+        let _ = decode_blocks(bytes, pg_major, &mut |b| blocks.push(b));
+        Ok(())
+    })?;
+    Ok(blocks)
+}
+
+/// A record as [`walk`] hands it over: header, bytes, major version, start and end LSN.
+type Visit<'v> = dyn FnMut(&RecordHeader, &[u8], u32, Lsn, Lsn) -> Result<(), RecordError> + 'v;
+
+/// Reads every valid record that starts in `segment`, handing each to `visit`; the events of
+/// the result are left empty.
+fn walk(
+    segment: &[u8],
+    next: Option<&[u8]>,
+    visit: &mut Visit<'_>,
+) -> Result<SegmentEvents, RecordError> {
     let first = LongPageHeader::parse(segment)?;
     let start = first.page_address.0;
     let seg_size = u64::from(first.segment_size);
@@ -313,9 +363,7 @@ pub fn read_events(segment: &[u8], next: Option<&[u8]>) -> Result<SegmentEvents,
         match reader.read_record(pos, prev, &mut scratch) {
             Step::Record { header, bytes, end } => {
                 let (lsn, end_lsn) = (Lsn(pos), Lsn(end));
-                if let Some(event) = interpret(&header, bytes, first.pg_major, lsn, end_lsn)? {
-                    out.events.push(event);
-                }
+                visit(&header, bytes, first.pg_major, lsn, end_lsn)?;
                 out.end_lsn = end_lsn;
                 prev = Some(pos);
                 pos = end;
@@ -730,11 +778,21 @@ fn xact_end(
 /// The main data of a record: what follows its block references, origin and top-level xid
 /// (`DecodeXLogRecord`). Block images and data come after all those headers, main data last.
 fn main_data(record: &[u8], pg_major: u32) -> Result<&[u8], &'static str> {
+    decode_blocks(record, pg_major, &mut |_| {})
+}
+
+/// Walks a record's block references, handing `read` each block replay must read, and
+/// returns its main data.
+fn decode_blocks<'r>(
+    record: &'r [u8],
+    pg_major: u32,
+    read: &mut dyn FnMut(BlockRef),
+) -> Result<&'r [u8], &'static str> {
     let mut c = Cursor(&record[RECORD_HEADER_SIZE..]);
     let mut data_total: u64 = 0;
     let mut main_len: u64 = 0;
     let mut last_block: Option<u8> = None;
-    let mut have_rel = false;
+    let mut rel: Option<[u32; 3]> = None;
     while c.0.len() as u64 > data_total {
         let [id] = c.array()?;
         match id {
@@ -761,28 +819,40 @@ fn main_data(record: &[u8], pg_major: u32) -> Result<&[u8], &'static str> {
                     return Err("block data length disagrees with its flag");
                 }
                 data_total += u64::from(data_len);
+                let mut applied = false;
                 if fork_flags & BKPBLOCK_HAS_IMAGE != 0 {
                     let image_len = u16::from_le_bytes(c.array()?);
                     c.skip(2)?; // hole_offset
                     let [bimg_info] = c.array()?;
-                    let compressed = if pg_major >= 15 {
-                        bimg_info & BKPIMAGE_COMPRESSED_15 != 0
+                    let (compressed, apply) = if pg_major >= 15 {
+                        (BKPIMAGE_COMPRESSED_15, BKPIMAGE_APPLY_15)
                     } else {
-                        bimg_info & BKPIMAGE_IS_COMPRESSED_PRE15 != 0
+                        (BKPIMAGE_IS_COMPRESSED_PRE15, BKPIMAGE_APPLY_PRE15)
                     };
+                    applied = bimg_info & apply != 0;
                     // Only a compressed image says how long its hole is.
-                    if compressed && bimg_info & BKPIMAGE_HAS_HOLE != 0 {
+                    if bimg_info & compressed != 0 && bimg_info & BKPIMAGE_HAS_HOLE != 0 {
                         c.skip(2)?;
                     }
                     data_total += u64::from(image_len);
                 }
                 if fork_flags & BKPBLOCK_SAME_REL == 0 {
-                    c.skip(RELFILENODE_SIZE)?;
-                    have_rel = true;
-                } else if !have_rel {
-                    return Err("block reference to the same relation as no earlier one");
+                    let node: [u8; RELFILENODE_SIZE] = c.array()?;
+                    rel = Some([0, 4, 8].map(|at| u32_at(&node, at)));
                 }
-                c.skip(4)?; // block number
+                let Some([spc, db, relfile]) = rel else {
+                    return Err("block reference to the same relation as no earlier one");
+                };
+                let block = u32::from_le_bytes(c.array()?);
+                if !applied && fork_flags & BKPBLOCK_WILL_INIT == 0 {
+                    read(BlockRef {
+                        spc,
+                        db,
+                        rel: relfile,
+                        fork: fork_flags & BKPBLOCK_FORK_MASK,
+                        block,
+                    });
+                }
             }
             _ => return Err("unknown block id"),
         }

@@ -646,6 +646,13 @@ fn reads_other_versions_and_page_sizes() {
 /// A restore point record carrying block references, to exercise the header decoding
 /// (the image header's layout changed in 15).
 fn restore_point_with_blocks(magic: u16, bimg_info: u8, hole_length: bool) -> Vec<WalEvent> {
+    read_events(wal_with_blocks(magic, bimg_info, hole_length).segment(), None)
+        .map(|s| s.events)
+        .unwrap_or_default()
+}
+
+/// One segment holding [`restore_point_with_blocks`]'s record.
+fn wal_with_blocks(magic: u16, bimg_info: u8, hole_length: bool) -> Wal {
     let mut w = Wal::new(2, MIB, 8192, magic);
     let mut body = Vec::new();
     // Block 0: data only, its own relation.
@@ -668,9 +675,29 @@ fn restore_point_with_blocks(magic: u16, bimg_info: u8, hole_length: bool) -> Ve
     body.extend_from_slice(&[0xB1; 100]); // block 1 image
     body.extend_from_slice(&rp[2..]);
     w.put(RM_XLOG_ID, XLOG_RESTORE_POINT, 0, &body);
-    read_events(w.segment(), None)
-        .map(|s| s.events)
-        .unwrap_or_default()
+    w
+}
+
+#[test]
+fn block_refs_are_the_blocks_replay_reads() {
+    let rel = 0x0707_0707;
+    let block = |block| BlockRef {
+        spc: rel,
+        db: rel,
+        rel,
+        fork: 0,
+        block,
+    };
+    // Block 5 has only data: replay reads it. Block 6 is an image replay restores (15:
+    // 0x02), or one only kept for consistency checks (15: zstd, no "apply").
+    let refs = |magic, bimg, hole| {
+        read_block_refs(wal_with_blocks(magic, bimg, hole).segment(), None).unwrap()
+    };
+    assert_eq!(refs(PG15, BKPIMAGE_HAS_HOLE | 0x02, false), [block(5)]);
+    assert_eq!(refs(PG15, 0x10, false), [block(5), block(6)]);
+    // Before 15, "apply" is 0x04.
+    assert_eq!(refs(PG14, 0x04, false), [block(5)]);
+    assert_eq!(refs(PG14, BKPIMAGE_HAS_HOLE | 0x02, true), [block(5), block(6)]);
 }
 
 #[test]
@@ -912,4 +939,17 @@ fn times_a_real_segment() {
         got.end_lsn,
         got.wal_end.map(|e| e.to_string())
     );
+}
+
+#[test]
+fn real_wal_names_blocks_of_real_relations() {
+    let a = zstd::decode_all(&include_bytes!("../testdata/pg15-a.wal.zst")[..]).unwrap();
+    let b = zstd::decode_all(&include_bytes!("../testdata/pg15-b.wal.zst")[..]).unwrap();
+    let refs = read_block_refs(&a, Some(&b)).unwrap();
+    assert!(!refs.is_empty());
+    // The default and the global tablespace, real forks, a database for every non-shared one.
+    for r in &refs {
+        assert!(matches!(r.spc, 1663 | 1664) && r.fork <= 3, "{r:?}");
+        assert_eq!(r.db == 0, r.spc == 1664, "{r:?}");
+    }
 }
