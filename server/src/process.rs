@@ -97,7 +97,6 @@ pub fn run_stdout(cmd: &mut Command) -> Result<String, ProcessError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-
 /// The path of this program, for the commands it hands to PostgreSQL (`restore_command`).
 /// When the binary was replaced while the server runs (a package upgrade), Linux names the
 /// running one "`<path> (deleted)`"; the commands then use the new binary at `<path>`.

@@ -58,7 +58,9 @@ const LAZY: &str = "[rollforward]\ninterval_secs = 1\nevery_minutes = 0\nevery_m
 
 #[test]
 fn a_snapshot_rolled_forward_without_a_backup_serves_pitr() {
-    let Some(mut lab) = Lab::start_with("rollforward", Some(3), LAZY) else {
+    // Read-ahead on (it is off by default), so that this test checks it reads only.
+    let config = format!("prefetch = true\n{LAZY}");
+    let Some(mut lab) = Lab::start_with("rollforward", Some(3), &config) else {
         return;
     };
     // The cluster's policy sets the cadence, over the server's.
@@ -247,6 +249,15 @@ fn a_server_killed_mid_roll_forward_leaves_nothing_behind() {
             .log_text()
             .contains("stopping a roll-forward standby left by an earlier server process"),
         "the restart did not find the standby the killed server left"
+    );
+    // That standby ran without fsync: its copy is not trusted, but rewound to the chain's
+    // start (it has no snapshot yet).
+    assert!(
+        lab.d.wv.server.log_text().contains(&format!(
+            "rewound an interrupted roll-forward chain to its base backup {}",
+            backup.id
+        )),
+        "the interrupted chain was not rewound"
     );
     let dump = lab.d.wv.server.catalog_dump().to_string();
     assert!(

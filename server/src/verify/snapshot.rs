@@ -287,6 +287,8 @@ impl Verifier {
         }
         let mut settings = planned.plan.settings.clone();
         settings.extend(cfg.tuning(planned.pg_major));
+        // A throwaway copy: its fsyncs would only cost zfs-fuse requests.
+        settings.push(("fsync".into(), "off".into()));
         settings.push((
             "restore_command".into(),
             crate::restore::instance::restore_command(&self.restores, planned)

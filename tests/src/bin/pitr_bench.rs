@@ -194,7 +194,11 @@ fn main() {
     for (n, target) in targets.iter().enumerate() {
         let (mut wv, mut br) = (Vec::new(), Vec::new());
         let mut picked = String::new();
-        let mut replayed = 0u64;
+        // What the planner says walvault replays: from the snapshot's redo point to T.
+        let plan = lab.op(&["restore", "--dry-run", "--json", "--time", &target.t.utc]);
+        assert!(plan.success(), "{}", plan.describe());
+        let plan: Value = serde_json::from_str(plan.stdout.trim()).expect("dry-run JSON");
+        let replayed = plan["wal_bytes"].as_u64().unwrap_or(0);
         for round in 0..ROUNDS {
             let _ = Command::new("sync").status();
             let start = Instant::now();
@@ -215,7 +219,6 @@ fn main() {
                 q.describe()
             );
             picked = info["backup_id"].as_str().unwrap_or("?").to_owned();
-            replayed = info["wal_bytes"].as_u64().unwrap_or(0);
             lab.drop_restore(info["id"].as_str().unwrap_or_default());
             println!("  T{n} round {round}: walvault {secs:.2} s (from {picked})");
             wv.push(secs);

@@ -15,7 +15,8 @@
 //!
 //! Reported: medians, MiB of WAL replayed per second, and the ratio ext4/clone (the goal is
 //! at least 0.8). `REPLAY_BENCH_RESTORE` adds lines to the server's `[restore]` section, to
-//! compare variants; `REPLAY_BENCH_ROLLFORWARD=1` lets the server roll forward (every 32 MiB)
+//! compare variants, and `REPLAY_BENCH_SOURCE` lines to the source's configuration;
+//! `REPLAY_BENCH_ROLLFORWARD=1` lets the server roll forward (every 32 MiB)
 //! and adds a third measurement: `--time T` from the nearest snapshot the planner picks. Run
 //! as root: `cargo build --release --workspace && cargo run --release -p
 //! walvault-tests --bin replay-bench [SCALE] [TXNS]` (default 10 and 4000). Bounded: every step
@@ -65,6 +66,16 @@ fn main() {
         std::process::exit(1)
     };
     let log = lab.td().log().clone();
+    // REPLAY_BENCH_SOURCE: settings for the source, one per line (such as
+    // `full_page_writes = off`, common on ZFS, whose WAL then makes replay read every page).
+    let source = std::env::var("REPLAY_BENCH_SOURCE").unwrap_or_default();
+    if !source.is_empty() {
+        println!("source: {}", source.replace('\n', "; "));
+        lab.d
+            .primary
+            .append_conf(&source.lines().map(str::to_owned).collect::<Vec<_>>());
+        lab.d.primary.psql("SELECT pg_reload_conf()");
+    }
     let pg = &lab.d.primary;
     pgbench(
         &log,

@@ -646,9 +646,12 @@ fn reads_other_versions_and_page_sizes() {
 /// A restore point record carrying block references, to exercise the header decoding
 /// (the image header's layout changed in 15).
 fn restore_point_with_blocks(magic: u16, bimg_info: u8, hole_length: bool) -> Vec<WalEvent> {
-    read_events(wal_with_blocks(magic, bimg_info, hole_length).segment(), None)
-        .map(|s| s.events)
-        .unwrap_or_default()
+    read_events(
+        wal_with_blocks(magic, bimg_info, hole_length).segment(),
+        None,
+    )
+    .map(|s| s.events)
+    .unwrap_or_default()
 }
 
 /// One segment holding [`restore_point_with_blocks`]'s record.
@@ -697,7 +700,10 @@ fn block_refs_are_the_blocks_replay_reads() {
     assert_eq!(refs(PG15, 0x10, false), [block(5), block(6)]);
     // Before 15, "apply" is 0x04.
     assert_eq!(refs(PG14, 0x04, false), [block(5)]);
-    assert_eq!(refs(PG14, BKPIMAGE_HAS_HOLE | 0x02, true), [block(5), block(6)]);
+    assert_eq!(
+        refs(PG14, BKPIMAGE_HAS_HOLE | 0x02, true),
+        [block(5), block(6)]
+    );
 }
 
 #[test]
