@@ -626,6 +626,7 @@ impl Restores {
     pub(crate) fn config(&self) -> &RestoreConfig {
         &self.config
     }
+
     /// Reads ahead of PostgreSQL's recovery of `planned` on the copy in `dirs` (unless
     /// `restore.prefetch` is off); stopped when dropped.
     pub(crate) fn read_ahead(
