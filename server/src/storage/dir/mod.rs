@@ -84,6 +84,13 @@ struct SnapshotMeta {
     properties: BTreeMap<String, String>,
 }
 
+fn read_snapshot_meta(path: &Path) -> Result<SnapshotMeta, StorageError> {
+    read_json(path).map_err(|e| StorageError::Parse {
+        what: path.display().to_string(),
+        detail: e.to_string(),
+    })
+}
+
 #[derive(Debug)]
 pub struct DirStorage {
     root: PathBuf,
@@ -247,12 +254,7 @@ impl DirStorage {
             if check_snapshot_name(&name).is_err() {
                 continue; // scratch space of an interrupted snapshot or destroy
             }
-            let meta_path = entry.path().join(SNAPSHOT_META);
-            let meta: SnapshotMeta = read_json(&meta_path).map_err(|e| StorageError::Parse {
-                what: meta_path.display().to_string(),
-                detail: e.to_string(),
-            })?;
-            out.push((name, meta));
+            out.push((name, read_snapshot_meta(&entry.path().join(SNAPSHOT_META))?));
         }
         out.sort_by_key(|(_, m)| m.seq);
         Ok(out)
@@ -260,6 +262,17 @@ impl DirStorage {
 
     fn has_snapshot(&self, path: &DatasetPath, name: &str) -> bool {
         self.snapshot_dir(path, name).join(SNAPSHOT_META).is_file()
+    }
+
+    fn require_snapshot(&self, path: &DatasetPath, name: &str) -> Result<(), StorageError> {
+        if self.has_snapshot(path, name) {
+            Ok(())
+        } else {
+            Err(StorageError::SnapshotNotFound {
+                dataset: path.clone(),
+                snapshot: name.to_owned(),
+            })
+        }
     }
 
     /// Copies the own files of one dataset into a new snapshot `name`.
@@ -579,17 +592,9 @@ impl Storage for DirStorage {
         check_property_value(key, value)?;
         let _guard = self.locked();
         self.load(path)?;
-        if !self.has_snapshot(path, snapshot) {
-            return Err(StorageError::SnapshotNotFound {
-                dataset: path.clone(),
-                snapshot: snapshot.to_owned(),
-            });
-        }
+        self.require_snapshot(path, snapshot)?;
         let meta_path = self.snapshot_dir(path, snapshot).join(SNAPSHOT_META);
-        let mut meta: SnapshotMeta = read_json(&meta_path).map_err(|e| StorageError::Parse {
-            what: meta_path.display().to_string(),
-            detail: e.to_string(),
-        })?;
+        let mut meta = read_snapshot_meta(&meta_path)?;
         meta.properties.insert(key.to_owned(), value.to_owned());
         write_json(&meta_path, &meta)
     }
@@ -656,12 +661,7 @@ impl Storage for DirStorage {
         check_snapshot_name(snapshot)?;
         let _guard = self.locked();
         self.load(path)?;
-        if !self.has_snapshot(path, snapshot) {
-            return Err(StorageError::SnapshotNotFound {
-                dataset: path.clone(),
-                snapshot: snapshot.to_owned(),
-            });
-        }
+        self.require_snapshot(path, snapshot)?;
         let data = self.snapshot_dir(path, snapshot).join(SNAPSHOT_DATA);
         let sources = Self::own_entries(&data)?;
         let meta = DatasetMeta {
