@@ -119,18 +119,7 @@ fn main() {
     let mut nearest = Vec::new();
     for round in 0..ROUNDS {
         let _ = Command::new("sync").status();
-        let start = Instant::now();
-        let r = lab.try_restore_instance(&["--time", &t.utc, "--backup", &backup.id]);
-        assert!(r.success(), "restore failed: {}", r.describe());
-        let info: Value = serde_json::from_str(r.stdout.trim()).expect("restore JSON");
-        let conninfo = info["conninfo"].as_str().unwrap_or_default().to_owned();
-        let q = psql_conninfo(
-            &log,
-            &conninfo,
-            "SELECT string_agg(at, ',') FROM bench_mark",
-        );
-        let first = start.elapsed().as_secs_f64();
-        assert_eq!(q.stdout.trim(), "before", "{}", q.describe());
+        let (info, first) = restore_at_t(&lab, &["--time", &t.utc, "--backup", &backup.id]);
         let server = info["duration_ms"].as_f64().unwrap_or(0.0) / 1000.0;
         if round == 0 {
             let clone_log = lab
@@ -158,18 +147,7 @@ fn main() {
         ext4.push(secs);
 
         if rolling {
-            let start = Instant::now();
-            let r = lab.try_restore_instance(&["--time", &t.utc]);
-            assert!(r.success(), "restore failed: {}", r.describe());
-            let info: Value = serde_json::from_str(r.stdout.trim()).expect("restore JSON");
-            let conninfo = info["conninfo"].as_str().unwrap_or_default().to_owned();
-            let q = psql_conninfo(
-                &log,
-                &conninfo,
-                "SELECT string_agg(at, ',') FROM bench_mark",
-            );
-            let first = start.elapsed().as_secs_f64();
-            assert_eq!(q.stdout.trim(), "before", "{}", q.describe());
+            let (info, first) = restore_at_t(&lab, &["--time", &t.utc]);
             println!(
                 "  round {round}: nearest snapshot {}: first query {first:.2} s",
                 info["backup_id"].as_str().unwrap_or("?")
@@ -208,6 +186,24 @@ fn main() {
         mib(wal) / e,
         e / cs
     );
+}
+
+/// `walvault restore <args> --to instance`: its JSON answer and the seconds from the command's
+/// start to the first answered query, which must see the marker committed before T.
+fn restore_at_t(lab: &Lab, args: &[&str]) -> (Value, f64) {
+    let start = Instant::now();
+    let r = lab.try_restore_instance(args);
+    assert!(r.success(), "restore failed: {}", r.describe());
+    let info: Value = serde_json::from_str(r.stdout.trim()).expect("restore JSON");
+    let conninfo = info["conninfo"].as_str().unwrap_or_default().to_owned();
+    let q = psql_conninfo(
+        lab.td().log(),
+        &conninfo,
+        "SELECT string_agg(at, ',') FROM bench_mark",
+    );
+    let first = start.elapsed().as_secs_f64();
+    assert_eq!(q.stdout.trim(), "before", "{}", q.describe());
+    (info, first)
 }
 
 /// The recovery milestones of a PostgreSQL log, with their times.

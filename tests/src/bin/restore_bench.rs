@@ -25,18 +25,17 @@
 //! instances, pools, PostgreSQL and the server are removed on the way out, failure included.
 //! The harness's pool is a 1 GiB sparse file, so SCALE is capped at 40.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use walvault_tests::harness::backup::{backup_ok, BackupInfo};
 use walvault_tests::harness::bench::{
-    cpu_model, dir_bytes, ensure_installed, meminfo_total, mib, peer_dataset, pgbackrest_conf,
-    pgbench, timed,
+    cpu_model, dir_bytes, meminfo_total, mib, pgbench, timed, Pgbackrest,
 };
 use walvault_tests::harness::restore::{archive_now, psql_conninfo, DirRestore, Lab, PointInTime};
-use walvault_tests::harness::{e2e_ready, run, Log, Storage, PG_USER};
+use walvault_tests::harness::{e2e_ready, Log, Storage};
 
 const DEFAULT_SCALES: [u32; 2] = [5, 25];
 const MAX_SCALE: u32 = 40;
@@ -79,63 +78,20 @@ struct PgbackrestRun {
     restored: u64,
 }
 
-/// pgbackrest 2.45 with its repository on a dataset of the walvault pool (configured as in
-/// backup-bench: zst level 1, `archive-check=n`, default process-max).
-struct Pgbackrest {
-    conf: PathBuf,
-    log: Log,
-}
-
-impl Pgbackrest {
-    fn setup(lab: &Lab, pool: &str) -> Result<Self, String> {
-        let td = lab.td();
-        ensure_installed("pgbackrest", "pgbackrest")?;
-        let (_, repo) = peer_dataset(td.log(), pool, "pgbackrest")?;
-        let conf = pgbackrest_conf(td, &repo, &lab.d.primary)?;
-        let me = Self {
-            conf,
-            log: td.log().clone(),
-        };
-        let r = run(
-            &me.log,
-            &mut me.command(&["stanza-create"]),
-            Duration::from_secs(300),
-        );
-        if !r.success() {
-            return Err(format!("stanza-create failed: {}", r.stderr.trim()));
-        }
-        Ok(me)
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("runuser");
-        c.args(["-u", PG_USER, "--", "pgbackrest"])
-            .arg(format!("--config={}", self.conf.display()))
-            .arg("--stanza=bench")
-            .args(args)
-            .current_dir("/");
-        c
-    }
-
-    /// A full backup and then its file restore into `dir` (empty, owned by postgres).
-    fn backup_and_restore(&self, dir: &Path) -> PgbackrestRun {
-        let (_, backup_secs) = timed(
-            &self.log,
-            &mut self.command(&["backup", "--type=full"]),
-            Duration::from_secs(900),
-        );
-        let _ = Command::new("sync").status();
-        let pg1 = format!("--pg1-path={}", dir.display());
-        let (_, restore_secs) = timed(
-            &self.log,
-            &mut self.command(&[&pg1, "restore", "--type=immediate"]),
-            Duration::from_secs(900),
-        );
-        PgbackrestRun {
-            backup_secs,
-            restore_secs,
-            restored: dir_bytes(dir, &["pg_wal"]),
-        }
+/// A pgbackrest full backup and then its file restore into `dir` (empty, owned by postgres).
+fn backup_and_restore(b: &Pgbackrest, log: &Log, dir: &Path) -> PgbackrestRun {
+    let (backup_secs, _) = b.backup("full");
+    let _ = Command::new("sync").status();
+    let pg1 = format!("--pg1-path={}", dir.display());
+    let (_, restore_secs) = timed(
+        log,
+        &mut b.command(&[&pg1, "restore", "--type=immediate"]),
+        Duration::from_secs(900),
+    );
+    PgbackrestRun {
+        backup_secs,
+        restore_secs,
+        restored: dir_bytes(dir, &["pg_wal"]),
     }
 }
 
@@ -297,11 +253,11 @@ fn bench(scale: u32) -> Row {
     let (delta_secs, delta) = restore_to_dir(&lab, &path, &["--latest", "--delta"]);
     delta.report("  dir --delta");
 
-    let pgbackrest = match Pgbackrest::setup(&lab, pool.name()) {
+    let pgbackrest = match Pgbackrest::setup(lab.td(), pool.name(), &lab.d.primary) {
         Ok(b) => {
             println!("scale {scale}: pgbackrest backup --type=full, restore --type=immediate…");
             let dest = lab.td().mkdir_postgres("pgbackrest-restore");
-            let run = b.backup_and_restore(&dest);
+            let run = backup_and_restore(&b, lab.td().log(), &dest);
             println!(
                 "  pgbackrest: backup {:.1} s, restore {:.1} s, restored {:.1} MiB",
                 run.backup_secs,
