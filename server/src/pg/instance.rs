@@ -20,8 +20,10 @@ const POLL_INTERVAL: Duration = Duration::from_millis(200);
 const STARTUP_GRACE: Duration = Duration::from_secs(60);
 /// How long a failed query waits to see whether the postmaster is exiting.
 const EXIT_GRACE: Duration = Duration::from_secs(10);
-/// How long `pg_promote` waits for the promotion to finish.
+/// How long a promotion may take to finish.
 const PROMOTE_WAIT_SECS: u32 = 120;
+/// How often [`Instance::promote`] looks whether it finished.
+const PROMOTE_POLL: Duration = Duration::from_millis(25);
 /// libpq's `connect_timeout` for our queries.
 const CONNECT_TIMEOUT_SECS: u32 = 10;
 /// Lines of the log an error quotes.
@@ -441,9 +443,10 @@ impl Instance {
         true
     }
 
-    /// `e`, or the postmaster's exit when it goes away (see [`Instance::exits_soon`]).
+    /// `e`, or the postmaster's exit when it goes away (see [`Instance::exits_soon`]). For an
+    /// instance that answered before: refusing connections is also how it goes away.
     fn explain(&self, e: PgError) -> PgError {
-        if !matches!(e, PgError::Query { .. }) || !self.exits_soon() {
+        if !matches!(e, PgError::Query { .. } | PgError::NotReady { .. }) || !self.exits_soon() {
             return e;
         }
         let log = self.log_since_start();
@@ -598,22 +601,62 @@ impl Instance {
         }
     }
 
-    /// `SELECT pg_promote(true, <secs>)`, which must return true. When the postmaster exits
+    /// Promotes and waits until the instance is out of recovery. When the postmaster exits
     /// instead (a recovery target not reached is FATAL), the error quotes its log.
+    ///
+    /// From PostgreSQL 14, recovery paused at its target sleeps on a condition variable for up
+    /// to a second at a time, and the promotion signal does not wake it: `pg_promote()` alone
+    /// costs up to a second. So after the signal the pause is lifted and requested again at
+    /// once, which wakes the sleeper into a loop that sees the promotion. The target is
+    /// reached already, so lifting the pause replays nothing more; should recovery end
+    /// between the two calls, it ends with a checkpoint instead, slower but the same data.
     pub fn promote(&self) -> Result<(), PgError> {
-        let out = self
-            .query(&format!("SELECT pg_promote(true, {PROMOTE_WAIT_SECS})"))
+        let signalled = self
+            .query("SELECT pg_promote(false)")
             .map_err(|e| self.explain(e))?;
-        if out == "t" {
-            tracing::info!(pgdata = %self.spec.pgdata.display(), "promoted");
-            Ok(())
-        } else {
-            Err(PgError::PromoteFailed {
-                pgdata: self.spec.pgdata.display().to_string(),
-                port: self.spec.port,
-                secs: PROMOTE_WAIT_SECS,
-                output: out,
-            })
+        if signalled != "t" {
+            return Err(self.promote_failed(signalled));
+        }
+        // Before 14 the pause loop sleeps in pg_usleep, which the signal interrupts.
+        if self.major < 14 {
+            return self.wait_out_of_recovery();
+        }
+        // The postmaster passes the signal on to the startup process: give it a moment.
+        std::thread::sleep(Duration::from_millis(20));
+        if let Err(e) = self.query(
+            "SELECT pg_wal_replay_resume(), pg_wal_replay_pause() \
+             WHERE pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused'",
+        ) {
+            // Promoted already, or not paused: the wait below tells.
+            tracing::debug!(pgdata = %self.spec.pgdata.display(), "wake paused recovery: {e}");
+        }
+        self.wait_out_of_recovery()
+    }
+
+    /// Polls until the instance is out of recovery, for at most [`PROMOTE_WAIT_SECS`].
+    fn wait_out_of_recovery(&self) -> Result<(), PgError> {
+        let deadline = Instant::now() + Duration::from_secs(PROMOTE_WAIT_SECS.into());
+        loop {
+            let in_recovery = self
+                .query("SELECT pg_is_in_recovery()")
+                .map_err(|e| self.explain(e))?;
+            if in_recovery == "f" {
+                tracing::info!(pgdata = %self.spec.pgdata.display(), "promoted");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(self.promote_failed(format!("still in recovery ({in_recovery})")));
+            }
+            std::thread::sleep(PROMOTE_POLL);
+        }
+    }
+
+    fn promote_failed(&self, output: String) -> PgError {
+        PgError::PromoteFailed {
+            pgdata: self.spec.pgdata.display().to_string(),
+            port: self.spec.port,
+            secs: PROMOTE_WAIT_SECS,
+            output,
         }
     }
 

@@ -150,7 +150,7 @@ pub enum PgError {
         log_file: String,
         tail: String,
     },
-    #[error("pg_promote() on {pgdata} (port {port}) did not finish within {secs} s (it returned {output:?})")]
+    #[error("promoting {pgdata} (port {port}) did not finish within {secs} s: {output}")]
     PromoteFailed {
         pgdata: String,
         port: u16,
