@@ -446,3 +446,97 @@ fn prune_with_roll_forward_snapshots_keeps_what_it_promises_and_frees_space() {
     let mut lab = lab;
     lab.d.wv.server.stop();
 }
+
+/// A tablespace's files are rolled forward in the chain's own clone of it, and a restore
+/// from a roll-forward snapshot gets its own copy of them: an instance, a directory and a
+/// verification, each pointed at its own files rather than the chain's.
+#[test]
+fn a_cluster_with_a_tablespace_rolls_forward_and_restores_from_it() {
+    let config = format!("{EAGER}[verify]\nsnapshots_interval_secs = 1\n");
+    let Some(mut lab) = Lab::start_with("rollforward_ts", None, &config) else {
+        return;
+    };
+    let source_ts = lab.td().mkdir_postgres("ts-one");
+    let p = &lab.d.primary;
+    p.psql(&format!(
+        "CREATE TABLESPACE one LOCATION '{}'",
+        source_ts.display()
+    ));
+    p.psql(
+        "CREATE TABLE in_one (id int PRIMARY KEY, body text) TABLESPACE one; \
+         INSERT INTO in_one SELECT g, md5(g::text) FROM generate_series(1, 20000) g; \
+         CREATE TABLE in_default (id int, one_id int); \
+         CREATE INDEX in_default_one ON in_default (one_id) TABLESPACE one",
+    );
+    let oid = p.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'one'");
+    let backup = backup_ok(&lab.d.agent, p, &[]);
+    p.psql(
+        "INSERT INTO in_one SELECT g, repeat(md5(g::text), 4) FROM generate_series(20001, 50000) g; \
+         INSERT INTO in_default SELECT g, g FROM generate_series(1, 5000) g",
+    );
+    let before = p.current_lsn();
+    archive_now(p);
+    let rf = wait_rolled_past(&lab, &backup.id, before);
+
+    p.psql("UPDATE in_one SET body = 'later' WHERE id % 7 = 0");
+    let t = PointInTime::between_commits(p);
+    let at_t = p.checksums();
+    p.psql("DELETE FROM in_one WHERE id % 3 = 0");
+    assert_ne!(p.checksums(), at_t, "the changes after T changed nothing");
+    archive_now(p);
+    lab.wait_window_covers(t.micros);
+    let picked = dry_run(&lab, &["--time", &t.rfc3339])["backup_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        rolled(&lab).iter().any(|s| s.id == picked),
+        "the plan picked {picked}, not a roll-forward snapshot"
+    );
+
+    // An instance from the snapshot: its tablespace is in its own clone, and what it writes
+    // there does not reach the chain (a second restore from the snapshot is still at T).
+    for round in 0..2 {
+        let inst = lab.restore_instance(&["--time", &t.rfc3339, "--backup", &picked]);
+        assert_eq!(
+            inst.checksums(),
+            at_t,
+            "round {round}: the instance differs at T"
+        );
+        let location = inst.psql(&format!("SELECT pg_tablespace_location({oid})"));
+        assert!(
+            location.contains(&format!("/restores/{}/", inst.info.id))
+                && !location.contains("/rollforward/"),
+            "round {round}: tablespace {oid} of restore {} is at {location}",
+            inst.info.id
+        );
+        inst.psql("UPDATE in_one SET body = 'written by the restore'");
+        lab.drop_restore(&inst.info.id);
+    }
+
+    // A directory from the snapshot, its tablespace moved.
+    let moved = lab.td().mkdir_postgres("moved-one");
+    let map = format!("{}={}", source_ts.display(), moved.display());
+    let (pg, dir) = lab.restore_and_start("rf-ts", &["--time", &t.utc, "--tablespace-map", &map]);
+    assert_eq!(dir.backup_id, picked, "{dir:?}");
+    assert_eq!(pg.checksums(), at_t, "the directory restored to T differs");
+    assert_eq!(
+        std::fs::read_link(pg.data_dir().join("pg_tblspc").join(&oid)).ok(),
+        Some(moved.clone()),
+        "pg_tblspc/{oid} of the directory restore"
+    );
+    drop(pg);
+
+    // Verification recovers its own clone of the snapshot, tablespace included.
+    let checked = wait_until(
+        &format!("roll-forward snapshot {} to be verified", rf.id),
+        Duration::from_secs(240),
+        || {
+            list_backups(&lab.operator, Some(CLUSTER))
+                .into_iter()
+                .find(|b| b.id == rf.id && b.verification != "pending")
+        },
+    );
+    assert_eq!(checked.verification, "verified", "{:?}", checked.receipt);
+    lab.d.wv.server.stop();
+}

@@ -92,6 +92,21 @@ impl RestoreClone {
         })
     }
 
+    /// A clone made earlier under `parent` as `parent/<id>` (see [`RestoreClone::create_in`]).
+    pub fn existing_in(
+        cluster: &ClusterId,
+        parent: &DatasetPath,
+        id: &str,
+    ) -> Result<Self, RestoreError> {
+        Ok(Self {
+            id: id.to_owned(),
+            cluster: cluster.clone(),
+            dataset: parent
+                .join(id)
+                .map_err(RestoreError::storage(format!("name clone {id}")))?,
+        })
+    }
+
     /// Clones snapshot `backup` of `cluster` (of `source`, where a backup or a roll-forward
     /// snapshot lives): its data and every tablespace its `tablespace_map` names. Nothing is
     /// left behind on failure.
@@ -245,6 +260,21 @@ impl RestoreClone {
         Ok(out)
     }
 
+    /// The clone's own directory of every tablespace: (oid, directory).
+    pub fn tablespace_dirs(
+        &self,
+        storage: &dyn Storage,
+    ) -> Result<Vec<(u32, PathBuf)>, RestoreError> {
+        Ok(self
+            .areas(storage)?
+            .into_iter()
+            .filter_map(|a| match a.area {
+                Area::Tablespace(oid) => Some((oid, a.dir)),
+                Area::Data => None,
+            })
+            .collect())
+    }
+
     /// [`RestoreClone::destroy`], retried for a few seconds: a postmaster that just exited
     /// may hold the clone for a moment ("dataset is busy").
     pub fn destroy_patiently(&self, storage: &dyn Storage) -> Result<(), RestoreError> {
@@ -286,21 +316,117 @@ impl RestoreClone {
     }
 }
 
-/// Points `tablespace_map` in `data` at `dirs` (oid → new directory).
-pub fn rewrite_tablespace_map(data: &Path, dirs: &[(u32, String)]) -> std::io::Result<()> {
+/// Points the tablespaces of the copy in `data` at `dirs` (oid → its directory) before
+/// PostgreSQL starts on it: `tablespace_map`, which recovery from a base backup reads (with
+/// its `backup_label`), and the `pg_tblspc/<oid>` links, which a copy without one (a
+/// roll-forward snapshot, shut down in recovery) uses as they are, and which would otherwise
+/// point at the copy it was cloned from. In-place tablespaces (directories) are left alone.
+pub fn point_tablespaces(data: &Path, dirs: &[(u32, PathBuf)]) -> std::io::Result<()> {
     let map = data.join("tablespace_map");
-    if dirs.is_empty() {
-        return match std::fs::remove_file(&map) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        };
+    let named: Vec<(u32, String)> = dirs
+        .iter()
+        .map(|(oid, dir)| (*oid, dir.display().to_string()))
+        .collect();
+    if named.is_empty() {
+        match std::fs::remove_file(&map) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    } else {
+        std::fs::write(&map, format_tablespace_map(&named))?;
     }
-    std::fs::write(&map, format_tablespace_map(dirs))
+    let links = data.join("pg_tblspc");
+    for (oid, dir) in dirs {
+        let link = links.join(oid.to_string());
+        match std::fs::symlink_metadata(&link) {
+            Ok(m) if m.is_dir() => continue,
+            Ok(_) => std::fs::remove_file(&link)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::create_dir_all(&links)?;
+            }
+            Err(e) => return Err(e),
+        }
+        std::os::unix::fs::symlink(dir, &link)?;
+    }
+    Ok(())
+}
+
+/// The `pg_tblspc/<oid>` links in `data` that point outside `dirs` (oid, target): a
+/// tablespace created during a replay, whose files PostgreSQL put at the source's location
+/// on this host rather than in a dataset of ours.
+pub fn tablespaces_outside(
+    data: &Path,
+    dirs: &[(u32, PathBuf)],
+) -> std::io::Result<Vec<(String, PathBuf)>> {
+    let links = data.join("pg_tblspc");
+    let listing = match std::fs::read_dir(&links) {
+        Ok(l) => l,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for item in listing {
+        let item = item?;
+        if !item.file_type()?.is_symlink() {
+            continue;
+        }
+        let name = item.file_name().to_string_lossy().into_owned();
+        let target = std::fs::read_link(item.path())?;
+        let ours = dirs
+            .iter()
+            .any(|(oid, dir)| oid.to_string() == name && *dir == target);
+        if !ours {
+            out.push((name, target));
+        }
+    }
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tablespaces_are_pointed_at_the_copy_and_strays_are_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        let links = data.join("pg_tblspc");
+        std::fs::create_dir_all(&links).unwrap();
+        std::fs::write(data.join("tablespace_map"), "16400 /src/ts\n").unwrap();
+        std::os::unix::fs::symlink("/chain/ts", links.join("16400")).unwrap();
+        std::fs::create_dir(links.join("16500")).unwrap();
+        let dirs = vec![
+            (16400, tmp.path().join("clone-ts")),
+            (16500, tmp.path().join("in-place")),
+        ];
+        point_tablespaces(&data, &dirs).unwrap();
+        assert_eq!(std::fs::read_link(links.join("16400")).unwrap(), dirs[0].1);
+        assert!(std::fs::symlink_metadata(links.join("16500"))
+            .unwrap()
+            .is_dir());
+        assert_eq!(
+            parse_tablespace_map(&std::fs::read_to_string(data.join("tablespace_map")).unwrap())
+                .unwrap(),
+            vec![
+                (16400, dirs[0].1.display().to_string()),
+                (16500, dirs[1].1.display().to_string())
+            ]
+        );
+        assert!(tablespaces_outside(&data, &dirs).unwrap().is_empty());
+        std::os::unix::fs::symlink("/var/lib/new-ts", links.join("16600")).unwrap();
+        assert_eq!(
+            tablespaces_outside(&data, &dirs).unwrap(),
+            vec![("16600".to_owned(), PathBuf::from("/var/lib/new-ts"))]
+        );
+        point_tablespaces(&data, &[]).unwrap();
+        assert!(!data.join("tablespace_map").exists());
+        // A copy without tablespaces needs no pg_tblspc.
+        let bare = tmp.path().join("bare");
+        std::fs::create_dir(&bare).unwrap();
+        point_tablespaces(&bare, &[]).unwrap();
+        assert!(tablespaces_outside(&bare, &[]).unwrap().is_empty());
+    }
 
     #[test]
     fn tablespace_maps_round_trip() {

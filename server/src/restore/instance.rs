@@ -133,14 +133,9 @@ pub fn start(
     let result = (|| {
         let data = c.data_dir(restores.storage())?;
         // Tablespaces live in the clone's own datasets.
-        let mut dirs = Vec::new();
-        for a in c.areas(restores.storage())? {
-            if let walvault_proto::Area::Tablespace(oid) = a.area {
-                dirs.push((oid, a.dir.display().to_string()));
-            }
-        }
-        super::clone::rewrite_tablespace_map(&data, &dirs).map_err(RestoreError::io(format!(
-            "rewrite {}/tablespace_map",
+        let dirs = c.tablespace_dirs(restores.storage())?;
+        super::clone::point_tablespaces(&data, &dirs).map_err(RestoreError::io(format!(
+            "point the tablespaces of {} at the clone",
             data.display()
         )))?;
         let cfg = restores.config();
@@ -201,7 +196,7 @@ pub fn start(
             planned,
             super::prefetch::CopyDirs {
                 data: data.clone(),
-                tablespaces: dirs.iter().map(|(o, d)| (*o, PathBuf::from(d))).collect(),
+                tablespaces: dirs.clone(),
             },
             &format!("restore {id}"),
         );

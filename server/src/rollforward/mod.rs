@@ -29,7 +29,7 @@ pub mod cadence;
 pub mod pristine;
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -42,10 +42,11 @@ use crate::catalog::{BackupKind, BackupRecord, BackupStats, Catalog, CatalogErro
 use crate::config::{RestoreConfig, RollForwardConfig};
 use crate::layout::{ClusterLayout, SnapshotDatasets};
 use crate::pg::{self, Goal, Instance, InstanceSpec, PgBinaries};
+use crate::restore::clone::RestoreClone;
 use crate::restore::plan::Action;
 use crate::restore::{Planned, RestoreError, RestoreSpec, Restores, TargetSpec};
 use crate::retention::Policies;
-use crate::storage::{DatasetOptions, Storage, StorageError};
+use crate::storage::{Storage, StorageError};
 
 /// Suffix of roll-forward snapshot ids: `<UTC stamp>-rf` sorts after the backups before it.
 pub const ID_SUFFIX: &str = "-rf";
@@ -319,16 +320,6 @@ impl RollForward {
             Ok(why) => why,
             Err(why) => return Ok(Outcome::NotDue(why)),
         };
-        if !self
-            .storage
-            .children(&l.tablespaces)
-            .map_err(Self::storage_err(cluster, "list its tablespaces"))?
-            .is_empty()
-        {
-            return Ok(Outcome::Skipped(
-                "the cluster has tablespaces, which roll-forward does not handle yet".into(),
-            ));
-        }
         let chain = Self::chain(cluster, &l, &base.id)?;
         tracing::info!(cluster = %cluster, chain = %chain.base, from = %last.id, to = %reach, "rolling forward: {why}");
         self.ensure_chain(cluster, &l, &chain)?;
@@ -340,45 +331,49 @@ impl RollForward {
         })
     }
 
-    /// Creates the chain of `chain.base` if it does not exist: a clone of the backup's PGDATA.
+    /// Creates the chain of `chain.base` if it does not exist: a clone of the backup's PGDATA
+    /// and of each of its tablespaces.
     fn ensure_chain(
         &self,
         cluster: &ClusterId,
         l: &ClusterLayout,
         chain: &Chain,
     ) -> Result<(), RollForwardError> {
-        let st = |what: &str| Self::storage_err(cluster, what.to_owned());
         if self
             .storage
             .exists(&chain.datasets.parent)
-            .map_err(st("look for the chain"))?
+            .map_err(Self::storage_err(cluster, "look for the chain"))?
         {
             return Ok(());
         }
-        if !self
-            .storage
-            .exists(&l.rollforward)
-            .map_err(st("look for roll-forward chains"))?
-        {
-            self.storage
-                .create(&l.rollforward, &DatasetOptions::default())
-                .map_err(st("create the roll-forward dataset"))?;
-        }
-        self.storage
-            .create(&chain.datasets.parent, &DatasetOptions::default())
-            .map_err(st("create the chain"))?;
-        if let Err(e) = self
-            .storage
-            .clone_snapshot(&l.data, &chain.base, &chain.datasets.data)
-        {
-            let _ = self.storage.destroy(&chain.datasets.parent, true);
-            return Err(Self::storage_err(
-                cluster,
-                format!("clone backup {} for its chain", chain.base),
-            )(e));
-        }
+        let backup = l
+            .snapshot_of(None)
+            .map_err(Self::storage_err(cluster, "name its backups' datasets"))?;
+        RestoreClone::create_in(
+            self.storage.as_ref(),
+            cluster,
+            &l.rollforward,
+            &chain.base,
+            &backup,
+            &chain.base,
+        )
+        .map_err(|e| RollForwardError::Restore {
+            cluster: cluster.clone(),
+            source: Box::new(e),
+        })?;
         tracing::info!(cluster = %cluster, chain = %chain.base, "created a roll-forward chain");
         Ok(())
+    }
+
+    /// The chain's copy as a clone (its data and tablespace datasets).
+    fn copy(cluster: &ClusterId, chain: &Chain) -> Result<RestoreClone, RollForwardError> {
+        let l = Self::layout(cluster)?;
+        RestoreClone::existing_in(cluster, &l.rollforward, &chain.base).map_err(|e| {
+            RollForwardError::Restore {
+                cluster: cluster.clone(),
+                source: Box::new(e),
+            }
+        })
     }
 
     /// Destroys the chains of older bases that hold no snapshot any more (retention pruned
@@ -444,6 +439,14 @@ impl RollForward {
         let home = self.mountpoint(cluster, &chain.datasets.parent)?;
         let data = self.mountpoint(cluster, &chain.datasets.data)?;
         self.repair(cluster, chain)?;
+        let copy = Self::copy(cluster, chain)?;
+        let tablespaces =
+            copy.tablespace_dirs(self.storage.as_ref())
+                .map_err(|e| RollForwardError::Restore {
+                    cluster: cluster.clone(),
+                    source: Box::new(e),
+                })?;
+        self.refuse_tablespaces_outside(cluster, chain, &data, &tablespaces)?;
         pristine::save(&home, &data).map_err(Self::io_err(
             cluster,
             format!("save the configuration of {}", data.display()),
@@ -467,6 +470,12 @@ impl RollForward {
                 pg::localwal::move_out(&data, &dir, self.owner())
                     .map_err(|e| fail(format!("move pg_wal to {}: {e}", dir.display())))?;
             }
+            crate::restore::clone::point_tablespaces(&data, &tablespaces).map_err(|e| {
+                fail(format!(
+                    "point the tablespaces of {} at the chain: {e}",
+                    data.display()
+                ))
+            })?;
             pg::prepare(
                 &spec,
                 &format!("roll-forward of {cluster}"),
@@ -478,12 +487,11 @@ impl RollForward {
                 "standby.signal",
             )
             .map_err(|e| fail(e.to_string()))?;
-            // Roll-forward does not handle tablespaces (yet): the data directory is all.
             let ahead = self.restores.read_ahead(
                 planned,
                 crate::restore::prefetch::CopyDirs {
                     data: data.clone(),
-                    tablespaces: Vec::new(),
+                    tablespaces: tablespaces.clone(),
                 },
                 &format!("roll-forward of {cluster}"),
             );
@@ -528,6 +536,7 @@ impl RollForward {
             cluster,
             format!("put back the configuration of {}", data.display()),
         ))?;
+        self.refuse_tablespaces_outside(cluster, chain, &data, &tablespaces)?;
         let control =
             pg::control::read(&bins, &data, &self.pg_user).map_err(|e| fail(e.to_string()))?;
         if control.state != "shut down in recovery" {
@@ -597,6 +606,39 @@ impl RollForward {
             ms = record.stats.duration_ms, "roll-forward snapshot taken"
         );
         Ok(record)
+    }
+
+    /// Fails when a `pg_tblspc` link of the chain's copy points outside its tablespace
+    /// datasets: a tablespace created after the base backup, which replay put at the source's
+    /// location on this host. A snapshot would not hold its files, so none is taken until a
+    /// new base backup (which holds the tablespace) starts a new chain.
+    fn refuse_tablespaces_outside(
+        &self,
+        cluster: &ClusterId,
+        chain: &Chain,
+        data: &Path,
+        tablespaces: &[(u32, PathBuf)],
+    ) -> Result<(), RollForwardError> {
+        let outside =
+            crate::restore::clone::tablespaces_outside(data, tablespaces).map_err(Self::io_err(
+                cluster,
+                format!("read the tablespace links of {}", data.display()),
+            ))?;
+        match outside.first() {
+            None => Ok(()),
+            Some((oid, target)) => Err(RollForwardError::Replay {
+                cluster: cluster.clone(),
+                chain: chain.base.clone(),
+                detail: format!(
+                    "tablespace {oid} was created after base backup {} and replay put it at {} \
+                     on this server, outside the chain; no roll-forward snapshot holds it: take \
+                     a new base backup (then remove {} here)",
+                    chain.base,
+                    target.display(),
+                    target.display()
+                ),
+            }),
+        }
     }
 
     /// The recovery settings of a chain's standby.
@@ -680,22 +722,40 @@ impl RollForward {
             .pop();
         let to = match newest {
             Some(snap) => {
-                self.storage
-                    .rollback(&chain.datasets.data, &snap.name)
+                let mut datasets = vec![chain.datasets.data.clone()];
+                if self
+                    .storage
+                    .exists(&chain.datasets.tablespaces)
                     .map_err(st(format!(
-                        "roll chain {} back to {}",
+                        "look for the tablespaces of chain {}",
+                        chain.base
+                    )))?
+                {
+                    for oid in self
+                        .storage
+                        .children(&chain.datasets.tablespaces)
+                        .map_err(st(format!("list the tablespaces of chain {}", chain.base)))?
+                    {
+                        datasets.push(chain.datasets.tablespaces.join(&oid).map_err(st(
+                            format!("name tablespace {oid} of chain {}", chain.base),
+                        ))?);
+                    }
+                }
+                for ds in &datasets {
+                    self.storage.rollback(ds, &snap.name).map_err(st(format!(
+                        "roll {ds} of chain {} back to {}",
                         chain.base, snap.name
                     )))?;
+                }
                 format!("its snapshot {}", snap.name)
             }
             None => {
+                // Nothing of the chain is worth keeping: a fresh clone of its base.
+                self.storage
+                    .destroy(&chain.datasets.parent, true)
+                    .map_err(st(format!("destroy chain {}", chain.base)))?;
                 let l = Self::layout(cluster)?;
-                self.storage
-                    .destroy(&chain.datasets.data, false)
-                    .map_err(st(format!("destroy the copy of chain {}", chain.base)))?;
-                self.storage
-                    .clone_snapshot(&l.data, &chain.base, &chain.datasets.data)
-                    .map_err(st(format!("clone backup {} for its chain", chain.base)))?;
+                self.ensure_chain(cluster, &l, chain)?;
                 format!("its base backup {}", chain.base)
             }
         };

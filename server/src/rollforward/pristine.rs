@@ -13,14 +13,19 @@ use std::path::{Path, PathBuf};
 
 use crate::backup::files::{write_durably, Owner};
 
-/// What [`crate::pg::prepare`] may write, create or remove in a data directory.
-pub const FILES: [&str; 6] = [
+/// What a start changes in a data directory: [`crate::pg::prepare`] writes, creates or
+/// removes the configuration and signal files; the tablespaces are pointed at the chain's
+/// datasets in `tablespace_map`, which PostgreSQL renames to `tablespace_map.old` (the map
+/// put back names the source's locations, which a restore from the snapshot reads).
+pub const FILES: [&str; 8] = [
     "postgresql.conf",
     "postgresql.auto.conf",
     "pg_hba.conf",
     "pg_ident.conf",
     "recovery.signal",
     "standby.signal",
+    "tablespace_map",
+    "tablespace_map.old",
 ];
 
 /// Where the saved copy of `data`'s files is kept (outside `data`, in the chain's own
@@ -85,7 +90,11 @@ mod tests {
         let d = data.path();
         fs::write(d.join("postgresql.auto.conf"), "work_mem = '8MB'\n").unwrap();
         fs::write(d.join("pg_hba.conf"), "host all all all md5\n").unwrap();
+        fs::write(d.join("tablespace_map"), "16400 /src/ts\n").unwrap();
         save(home.path(), d).unwrap();
+        // The start points the map at the chain, and PostgreSQL renames it.
+        fs::write(d.join("tablespace_map"), "16400 /chain/tblspc/16400\n").unwrap();
+        fs::rename(d.join("tablespace_map"), d.join("tablespace_map.old")).unwrap();
         fs::write(
             d.join("postgresql.auto.conf"),
             "work_mem = '8MB'\nport = 1\n",
@@ -107,6 +116,11 @@ mod tests {
         );
         assert!(!d.join("postgresql.conf").exists());
         assert!(!d.join("standby.signal").exists());
+        assert_eq!(
+            fs::read_to_string(d.join("tablespace_map")).unwrap(),
+            "16400 /src/ts\n"
+        );
+        assert!(!d.join("tablespace_map.old").exists());
         assert!(d.join("PG_VERSION").exists(), "other files stay");
         assert!(!saved_path(home.path()).exists());
         assert!(

@@ -257,14 +257,9 @@ impl Verifier {
         let cfg = self.restores.config();
         let bins = PgBinaries::locate(&cfg.pg_bin, planned.pg_major).map_err(|e| e.to_string())?;
         let data = clone.data_dir(storage).map_err(|e| e.to_string())?;
-        let mut dirs = Vec::new();
-        for a in clone.areas(storage).map_err(|e| e.to_string())? {
-            if let walvault_proto::Area::Tablespace(oid) = a.area {
-                dirs.push((oid, a.dir.display().to_string()));
-            }
-        }
-        crate::restore::clone::rewrite_tablespace_map(&data, &dirs)
-            .map_err(|e| format!("rewrite the clone's tablespace_map: {e}"))?;
+        let dirs = clone.tablespace_dirs(storage).map_err(|e| e.to_string())?;
+        crate::restore::clone::point_tablespaces(&data, &dirs)
+            .map_err(|e| format!("point the clone's tablespaces at its own datasets: {e}"))?;
         let spec = InstanceSpec {
             pgdata: data.clone(),
             port: 5432,
@@ -305,10 +300,7 @@ impl Verifier {
             planned,
             crate::restore::prefetch::CopyDirs {
                 data: data.clone(),
-                tablespaces: dirs
-                    .iter()
-                    .map(|(o, d)| (*o, std::path::PathBuf::from(d)))
-                    .collect(),
+                tablespaces: dirs.clone(),
             },
             &format!("verification of {}", planned.plan.backup.id),
         );
