@@ -135,7 +135,8 @@ pub struct Plan {
     pub settings: Vec<(String, String)>,
     /// The target in words.
     pub target: String,
-    /// Archived WAL between the snapshot's consistent point and the target (or the end).
+    /// Archived WAL recovery replays: from the snapshot's redo point (where PostgreSQL
+    /// starts, its last checkpoint's) to the target (or the end).
     pub wal_bytes: u64,
     /// The LSN recovery must replay to at least: the end of the archive for `latest`, the
     /// target itself, or the last commit a time target must include.
@@ -683,7 +684,7 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
         timeline,
         settings,
         target: target_text,
-        wal_bytes: replay_to.0.saturating_sub(chosen.stop_lsn.0),
+        wal_bytes: replay_to.0.saturating_sub(chosen.start_lsn.0),
         reach,
         reach_micros,
         through,

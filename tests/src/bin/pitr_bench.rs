@@ -194,8 +194,7 @@ fn main() {
     for (n, target) in targets.iter().enumerate() {
         let (mut wv, mut br) = (Vec::new(), Vec::new());
         let mut picked = String::new();
-        // The planner's WAL from the snapshot's consistent point to T (replay starts earlier,
-        // at the snapshot's redo point).
+        // The planner's WAL from the snapshot's redo point (where replay starts) to T.
         let plan = lab.op(&["restore", "--dry-run", "--json", "--time", &target.t.utc]);
         assert!(plan.success(), "{}", plan.describe());
         let plan: Value = serde_json::from_str(plan.stdout.trim()).expect("dry-run JSON");
@@ -240,7 +239,7 @@ fn main() {
         let t = &targets[*n];
         println!(
             "  T{n}: {:.0} MiB of WAL after the backups: walvault {w:.2} s (from {picked}, \
-             {:.0} MiB from its consistent point), pgbackrest {b:.2} s (replaying {:.0} MiB): \
+             {:.0} MiB from its redo point), pgbackrest {b:.2} s (replaying {:.0} MiB): \
              {:.2}× (goal ≤ 0.3)",
             mib(t.wal_since_backup),
             mib(*replayed),
