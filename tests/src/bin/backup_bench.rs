@@ -112,6 +112,16 @@ impl Cpu {
     }
 }
 
+/// `syscw` of `/proc/<pid>/io`: the write calls the process made (0 when unreadable).
+fn write_calls(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("syscw:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The pid of the process whose command line contains every one of `parts`.
 fn find_pid(parts: &[&str]) -> String {
     for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -436,8 +446,10 @@ fn main() {
 
         println!("walvault {round} backup…");
         let cpu0 = Cpu::now(&server_pid, &zfs_pid);
+        let writes0 = write_calls(&server_pid);
         let (info, secs) = walvault_backup(&log, &agent, &pg);
         let cpu = Cpu::now(&server_pid, &zfs_pid).since(cpu0);
+        let server_writes = write_calls(&server_pid).saturating_sub(writes0);
         let used = settled_used(&log, &db_dataset);
         rows.push(Row {
             tool: "walvault",
@@ -452,14 +464,16 @@ fn main() {
         });
         wv_used = used;
         println!(
-            "  {} {}: read {:.1} MiB, sent {:.1} MiB, written {:.1} MiB ({} blocks), files {} \
-             ({} changed), {} ms by its own clock, snapshot {:.1} MiB, LSN {} -> {}",
+            "  {} {}: read {:.1} MiB, sent {:.1} MiB, written {:.1} MiB ({} blocks in {} \
+             server write calls), files {} ({} changed), {} ms by its own clock, snapshot \
+             {:.1} MiB, LSN {} -> {}",
             info["kind"].as_str().unwrap_or("?"),
             info["id"].as_str().unwrap_or("?"),
             mib(num(&info, "bytes_read")),
             mib(num(&info, "bytes_sent")),
             mib(num(&info, "bytes_written")),
             num(&info, "blocks_written"),
+            server_writes,
             num(&info, "files"),
             num(&info, "files_changed"),
             num(&info, "duration_ms"),
