@@ -6,11 +6,12 @@
 //! point, table by table.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::path::Path;
+use std::time::Duration;
 
 use walvault_tests::harness::{
     backup::backup_ok,
+    file_tree,
     restore::{archive_now, wait_in_recovery, wait_promoted, Lab, PointInTime},
     wait_until,
     wal::{archive_conf, fetch, wal_list},
@@ -413,30 +414,6 @@ fn timelines_and_the_old_primary_rejoining_with_delta() {
     assert_eq!(lab.d.primary.checksums(), now);
 }
 
-/// Every file under `dir`: size, modification time and content hash.
-fn tree(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime, String)> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![dir.to_owned()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d)
-            .unwrap_or_else(|e| panic!("read {}: {e}", d.display()))
-            .flatten()
-        {
-            let p = e.path();
-            let meta = std::fs::symlink_metadata(&p).expect("stat");
-            if meta.is_dir() {
-                stack.push(p);
-            } else {
-                let hash = blake3::hash(&std::fs::read(&p).unwrap_or_default())
-                    .to_hex()
-                    .to_string();
-                out.insert(p, (meta.len(), meta.modified().expect("mtime"), hash));
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn two_tablespaces_remapped() {
     let Some(mut lab) = Lab::start("restore_tablespaces", None) else {
@@ -486,7 +463,7 @@ fn two_tablespaces_remapped() {
     archive_now(&lab.d.primary);
     // The source stops so that its tablespaces can be shown untouched by the restore.
     lab.d.primary.stop();
-    let untouched: Vec<_> = old.iter().map(|p| tree(p)).collect();
+    let untouched: Vec<_> = old.iter().map(|p| file_tree(p)).collect();
     assert!(untouched.iter().all(|t| !t.is_empty()));
 
     let new = [
@@ -537,7 +514,7 @@ fn two_tablespaces_remapped() {
     drop(pg);
     for (dir, before) in old.iter().zip(&untouched) {
         assert!(
-            tree(dir) == *before,
+            file_tree(dir) == *before,
             "the source's tablespace {} changed during the restore",
             dir.display()
         );

@@ -13,6 +13,7 @@ use walvault_proto::Lsn;
 use walvault_tests::harness::{
     backup::{backup_ok, list_backups, BackupInfo},
     bench::zfs_get,
+    file_tree,
     restore::{archive_now, stop_postgres_on_storage, wait_promoted, Lab, PointInTime},
     wait_until,
     wal::archive_conf,
@@ -542,5 +543,82 @@ fn a_cluster_with_a_tablespace_rolls_forward_and_restores_from_it() {
         },
     );
     assert_eq!(checked.verification, "verified", "{:?}", checked.receipt);
+    lab.d.wv.server.stop();
+}
+
+/// CREATE TABLESPACE after the base backup: replaying it on the server would make the
+/// tablespace's directory at the source's location on the server (here the source's own
+/// directory, as the test runs both on one machine). The chain stops just before the record,
+/// an instance restore that would replay it is refused by name, and nothing of the server's
+/// touches the directory.
+#[test]
+fn a_tablespace_created_after_the_backup_stops_the_chain_before_it() {
+    let Some(mut lab) = Lab::start_with("rollforward_late_ts", None, EAGER) else {
+        return;
+    };
+    let p = &lab.d.primary;
+    let backup = backup_ok(&lab.d.agent, p, &[]);
+    p.psql(
+        "CREATE TABLE early AS SELECT g AS id, md5(g::text) AS body \
+         FROM generate_series(1, 40000) g",
+    );
+    let before = p.current_lsn();
+    let late = lab.td().mkdir_postgres("late-ts");
+    p.psql(&format!(
+        "CREATE TABLESPACE late LOCATION '{}'",
+        late.display()
+    ));
+    let after = p.current_lsn();
+    let late_oid = p.psql("SELECT oid FROM pg_tablespace WHERE spcname = 'late'");
+    p.psql(
+        "CREATE TABLE in_late TABLESPACE late AS SELECT g AS id FROM generate_series(1, 40000) g",
+    );
+    archive_now(p);
+    lab.d.primary.stop();
+    let untouched = file_tree(&late);
+
+    let rf = wait_rolled_past(&lab, &backup.id, before);
+    assert!(
+        rf.stop() <= after,
+        "the chain went past the tablespace's creation (before {after}): {rf:?}"
+    );
+    let log = wait_until(
+        "the roll-forward to say it stops before the tablespace's creation",
+        Duration::from_secs(120),
+        || {
+            let log = lab.d.wv.server.log_text();
+            log.contains("stops before a tablespace's creation")
+                .then_some(log)
+        },
+    );
+    assert!(
+        log.contains(&late.display().to_string()),
+        "the log does not name {}",
+        late.display()
+    );
+    // A few more rounds: the chain stays where it is.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(
+        rolled(&lab).iter().all(|s| s.stop() <= after),
+        "a snapshot past the creation: {:?}",
+        rolled(&lab)
+    );
+
+    let r = lab.try_restore_instance(&["--latest"]);
+    assert!(!r.success(), "{}", r.describe());
+    // After the plan's line, one line that says why and what to do.
+    let why = r.stderr.trim().lines().last().unwrap_or_default();
+    assert!(
+        why.contains(&format!("creates tablespace {late_oid}"))
+            && why.contains(&late.display().to_string())
+            && why.contains("--to dir:PATH"),
+        "{}",
+        r.describe()
+    );
+    assert!(
+        file_tree(&late) == untouched,
+        "something of the server's wrote into {}",
+        late.display()
+    );
     lab.d.wv.server.stop();
 }

@@ -117,7 +117,9 @@ pub fn restore(e: RestoreError) -> Status {
     let msg = e.to_string();
     match e {
         E::ClusterNotFound(_) | E::NotFound(_) => refuse(Code::NotFound, msg),
-        E::Plan { .. } | E::UnknownXid { .. } => refuse(Code::FailedPrecondition, msg),
+        E::Plan { .. } | E::UnknownXid { .. } | E::CreatesTablespace { .. } => {
+            refuse(Code::FailedPrecondition, msg)
+        }
         E::Invalid(_) => refuse(Code::InvalidArgument, msg),
         E::NoPort { .. } | E::TooManyClones { .. } => refuse(Code::ResourceExhausted, msg),
         E::Archive(a) => archive(a),

@@ -122,6 +122,14 @@ pub fn start(
         cluster: planned.cluster.clone(),
         detail,
     };
+    if let Some(c) = &planned.plan.creates_tablespace {
+        return Err(RestoreError::CreatesTablespace {
+            cluster: planned.cluster.clone(),
+            oid: c.oid,
+            location: c.location.clone(),
+            lsn: c.lsn,
+        });
+    }
     let bins = PgBinaries::locate(&restores.config().pg_bin, planned.pg_major)
         .map_err(|e| fail(e.to_string()))?;
     progress(&format!(

@@ -76,6 +76,17 @@ pub enum RestoreError {
         cluster: ClusterId,
         detail: String,
     },
+    #[error(
+        "{cluster}: the WAL this restore replays creates tablespace {oid} at {lsn}, at {location} \
+         on the source; replayed on this server it would write there, outside the restore's \
+         clone: restore to a directory (--to dir:PATH) or to a target before {lsn}"
+    )]
+    CreatesTablespace {
+        cluster: ClusterId,
+        oid: u32,
+        location: String,
+        lsn: Lsn,
+    },
     #[error("restore {id}: no free port in restore.ports {lo}-{hi}; drop an instance or widen the range")]
     NoPort { id: String, lo: u16, hi: u16 },
     #[error(
@@ -236,6 +247,7 @@ impl Restores {
                         .iter()
                         .map(|(n, l, _)| (n.clone(), *l))
                         .collect(),
+                    tablespaces_created: s.tablespaces_created.clone(),
                 },
             );
         }

@@ -48,6 +48,17 @@ pub struct SegmentFacts {
     /// The latest commit or abort time in the segment.
     pub max_micros: Option<i64>,
     pub restore_points: Vec<(String, Lsn)>,
+    /// Tablespaces created in the segment: (LSN, OID, location).
+    pub tablespaces_created: Vec<(Lsn, u32, String)>,
+}
+
+/// A tablespace the WAL a restore replays creates. Replay makes its directory at the
+/// source's location on the machine that replays (and points `pg_tblspc` there).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TablespaceCreation {
+    pub lsn: Lsn,
+    pub oid: u32,
+    pub location: String,
 }
 
 /// Everything the planner looks at for one cluster.
@@ -146,6 +157,8 @@ pub struct Plan {
     /// The last segment the restore needs: a file up to it that the archive cannot give must
     /// stop recovery, never end it.
     pub through: SegKey,
+    /// The first tablespace the replayed WAL creates, if any.
+    pub creates_tablespace: Option<TablespaceCreation>,
 }
 
 /// A stretch of a timeline that can be restored to any point of: from the consistent point of
@@ -679,6 +692,7 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
         Target::Latest => end,
         _ => reach.max(target_lsn.unwrap_or(reach)),
     };
+    let creates_tablespace = first_tablespace_created(facts, timeline, chosen.start_lsn, replay_to);
     Ok(Plan {
         backup: chosen.clone(),
         timeline,
@@ -688,7 +702,28 @@ pub fn plan(facts: &Facts, req: &Request) -> Result<Plan, PlanError> {
         reach,
         reach_micros,
         through,
+        creates_tablespace,
     })
+}
+
+/// The first tablespace created in [`from`, `to`) along `timeline`'s history.
+fn first_tablespace_created(
+    facts: &Facts,
+    timeline: TimelineId,
+    from: Lsn,
+    to: Lsn,
+) -> Option<TablespaceCreation> {
+    let anc = ancestry(facts, timeline);
+    let seg = facts.segment_size.max(1);
+    (from.0 / seg..=to.0 / seg)
+        .filter_map(|n| facts.segments.get(&(timeline_for(&anc, n), n)))
+        .flat_map(|s| s.tablespaces_created.iter())
+        .find(|(lsn, _, _)| *lsn >= from && *lsn < to)
+        .map(|(lsn, oid, location)| TablespaceCreation {
+            lsn: *lsn,
+            oid: *oid,
+            location: location.clone(),
+        })
 }
 
 /// The LSN of a restore point on `timeline`'s history (in every archived segment of it, so

@@ -43,7 +43,7 @@ use crate::config::{RestoreConfig, RollForwardConfig};
 use crate::layout::{ClusterLayout, SnapshotDatasets};
 use crate::pg::{self, Goal, Instance, InstanceSpec, PgBinaries};
 use crate::restore::clone::RestoreClone;
-use crate::restore::plan::Action;
+use crate::restore::plan::{Action, TablespaceCreation};
 use crate::restore::{Planned, RestoreError, RestoreSpec, Restores, TargetSpec};
 use crate::retention::Policies;
 use crate::storage::{Storage, StorageError};
@@ -297,7 +297,22 @@ impl RollForward {
                 cluster: cluster.clone(),
                 source: Box::new(e),
             })?;
-        let reach = planned.plan.reach;
+        // Replay on this server must not make a tablespace's directory at the source's
+        // location here: the chain stops just before the record that creates one.
+        let stop_before = planned.plan.creates_tablespace.clone();
+        if let Some(c) = &stop_before {
+            if c.lsn <= last.stop_lsn {
+                return Ok(Outcome::Skipped(format!(
+                    "the WAL at {} creates tablespace {} (at {} on the source), which replay on \
+                     this server would put there; chain {} stops before it until a new base \
+                     backup starts the next",
+                    c.lsn, c.oid, c.location, base.id
+                )));
+            }
+        }
+        let reach = stop_before
+            .as_ref()
+            .map_or(planned.plan.reach, |c| c.lsn.min(planned.plan.reach));
         if reach <= last.stop_lsn {
             return Ok(Outcome::NotDue("no WAL since the newest snapshot".into()));
         }
@@ -323,7 +338,7 @@ impl RollForward {
         let chain = Self::chain(cluster, &l, &base.id)?;
         tracing::info!(cluster = %cluster, chain = %chain.base, from = %last.id, to = %reach, "rolling forward: {why}");
         self.ensure_chain(cluster, &l, &chain)?;
-        let record = self.replay(cluster, &chain, &planned, &base)?;
+        let record = self.replay(cluster, &chain, &planned, &base, stop_before.as_ref())?;
         let replayed = record.stop_lsn.0.saturating_sub(last.stop_lsn.0);
         Ok(Outcome::Snapshot {
             record: Box::new(record),
@@ -420,13 +435,15 @@ impl RollForward {
         Ok(dropped)
     }
 
-    /// Starts the chain's standby, replays to `planned`'s end, stops it, and snapshots.
+    /// Starts the chain's standby, replays to `planned`'s end (or to just before
+    /// `stop_before`, where it shuts down by itself), stops it, and snapshots.
     fn replay(
         &self,
         cluster: &ClusterId,
         chain: &Chain,
         planned: &Planned,
         base: &BackupRecord,
+        stop_before: Option<&TablespaceCreation>,
     ) -> Result<BackupRecord, RollForwardError> {
         let started = Instant::now();
         let fail = |detail: String| RollForwardError::Replay {
@@ -480,7 +497,7 @@ impl RollForward {
                 &spec,
                 &format!("roll-forward of {cluster}"),
                 &[
-                    self.settings(planned)?,
+                    self.settings(planned, stop_before)?,
                     self.restore_config.tuning(planned.pg_major),
                 ]
                 .concat(),
@@ -499,12 +516,19 @@ impl RollForward {
             crate::fault::point("rollforward-replaying");
             let deadline = Instant::now() + self.config.max;
             let stopping = || self.stopping.load(Ordering::SeqCst);
-            let reached = instance.wait_for_unless(
-                Goal::Replayed(planned.plan.reach),
-                deadline,
-                &mut |_| {},
-                &stopping,
-            );
+            let goal = match stop_before {
+                Some(c) => {
+                    tracing::warn!(
+                        cluster = %cluster, chain = %chain.base, lsn = %c.lsn, oid = c.oid,
+                        location = %c.location,
+                        "roll-forward stops before a tablespace's creation: replay here would \
+                         put it at the source's location; a new base backup starts the next chain"
+                    );
+                    Goal::ShutDown
+                }
+                None => Goal::Replayed(planned.plan.reach),
+            };
+            let reached = instance.wait_for_unless(goal, deadline, &mut |_| {}, &stopping);
             drop(ahead);
             let reached = match reached {
                 Ok(r) => r,
@@ -642,13 +666,24 @@ impl RollForward {
     }
 
     /// The recovery settings of a chain's standby.
-    fn settings(&self, planned: &Planned) -> Result<Vec<(String, String)>, RollForwardError> {
+    fn settings(
+        &self,
+        planned: &Planned,
+        stop_before: Option<&TablespaceCreation>,
+    ) -> Result<Vec<(String, String)>, RollForwardError> {
         let restore_command = crate::restore::instance::restore_command(&self.restores, planned)
             .map_err(|e| RollForwardError::Restore {
                 cluster: planned.cluster.clone(),
                 source: Box::new(e),
             })?;
-        Ok(vec![
+        let stop = stop_before.map(|c| {
+            [
+                ("recovery_target_lsn".to_owned(), c.lsn.to_string()),
+                ("recovery_target_inclusive".to_owned(), "off".to_owned()),
+                ("recovery_target_action".to_owned(), "shutdown".to_owned()),
+            ]
+        });
+        Ok([
             ("restore_command".into(), restore_command),
             ("recovery_target_timeline".into(), "latest".into()),
             // Every fsync of the standby is a request the zfs-fuse daemon serves (pg_control
@@ -656,7 +691,10 @@ impl RollForward {
             // them: the snapshot is taken after PostgreSQL shut down cleanly, and an
             // interrupted job rewinds the chain to its last snapshot (`repair`).
             ("fsync".into(), "off".into()),
-        ])
+        ]
+        .into_iter()
+        .chain(stop.into_iter().flatten())
+        .collect())
     }
 
     /// A fresh snapshot id: the UTC stamp, made distinct from every catalogued one.

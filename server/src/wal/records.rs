@@ -71,6 +71,10 @@ const XLOG_SWITCH: u8 = 0x40;
 const XLOG_RESTORE_POINT: u8 = 0x70;
 /// `xl_restore_point`: TimestampTz rp_time, char rp_name[MAXFNAMELEN = 64].
 const RESTORE_POINT_SIZE: usize = 8 + 64;
+/// Tablespace records (`commands/tablespace.h`): `xl_tblspc_create_rec` is an Oid and the
+/// location, NUL-terminated.
+const RM_TBLSPC_ID: u8 = 5;
+const XLOG_TBLSPC_CREATE: u8 = 0x00;
 
 // Transaction records (`access/xact.h`).
 const XLOG_XACT_OPMASK: u8 = 0x70;
@@ -116,15 +120,24 @@ pub enum WalEvent {
         end_lsn: Lsn,
         time: UnixMicros,
     },
+    /// XLOG_TBLSPC_CREATE (CREATE TABLESPACE): replaying it makes the directory `location`
+    /// on the machine that replays.
+    TablespaceCreated {
+        oid: u32,
+        location: String,
+        lsn: Lsn,
+        end_lsn: Lsn,
+    },
 }
 
 impl WalEvent {
     /// Where the record starts.
     pub fn lsn(&self) -> Lsn {
         match self {
-            Self::Commit { lsn, .. } | Self::Abort { lsn, .. } | Self::RestorePoint { lsn, .. } => {
-                *lsn
-            }
+            Self::Commit { lsn, .. }
+            | Self::Abort { lsn, .. }
+            | Self::RestorePoint { lsn, .. }
+            | Self::TablespaceCreated { lsn, .. } => *lsn,
         }
     }
 
@@ -133,15 +146,18 @@ impl WalEvent {
         match self {
             Self::Commit { end_lsn, .. }
             | Self::Abort { end_lsn, .. }
-            | Self::RestorePoint { end_lsn, .. } => *end_lsn,
+            | Self::RestorePoint { end_lsn, .. }
+            | Self::TablespaceCreated { end_lsn, .. } => *end_lsn,
         }
     }
 
-    pub fn time(&self) -> UnixMicros {
+    /// The time the record carries (a tablespace's creation carries none).
+    pub fn time(&self) -> Option<UnixMicros> {
         match self {
             Self::Commit { time, .. }
             | Self::Abort { time, .. }
-            | Self::RestorePoint { time, .. } => *time,
+            | Self::RestorePoint { time, .. } => Some(*time),
+            Self::TablespaceCreated { .. } => None,
         }
     }
 }
@@ -724,6 +740,20 @@ fn interpret(
                 lsn,
                 end_lsn,
                 time: pg_time(i64_at(main, 0)),
+            }))
+        }
+        RM_TBLSPC_ID if h.info & !XLR_INFO_MASK == XLOG_TBLSPC_CREATE => {
+            let main = main_data(bytes, pg_major).map_err(undecodable)?;
+            if main.len() < 5 {
+                return Err(undecodable("tablespace creation record too short"));
+            }
+            let path = &main[4..];
+            let path = &path[..path.iter().position(|&b| b == 0).unwrap_or(path.len())];
+            Ok(Some(WalEvent::TablespaceCreated {
+                oid: u32_at(main, 0),
+                location: String::from_utf8_lossy(path).into_owned(),
+                lsn,
+                end_lsn,
             }))
         }
         _ => Ok(None),

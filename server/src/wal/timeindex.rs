@@ -40,6 +40,10 @@ pub struct SegmentSummary {
     /// Why the records could not be read (nothing else is known of the segment then).
     #[serde(default)]
     pub unreadable: Option<String>,
+    /// Tablespaces created in the segment: (LSN, OID, location). Entries indexed before
+    /// this was kept have none.
+    #[serde(default)]
+    pub tablespaces_created: Vec<(Lsn, u32, String)>,
 }
 
 impl SegmentSummary {
@@ -56,6 +60,7 @@ impl SegmentSummary {
             incomplete_tail: e.incomplete_tail.is_some(),
             switched: e.switched,
             unreadable: None,
+            tablespaces_created: Vec::new(),
         };
         for ev in &e.events {
             match ev {
@@ -71,6 +76,9 @@ impl SegmentSummary {
                 WalEvent::RestorePoint {
                     name, lsn, time, ..
                 } => s.restore_points.push((name.clone(), *lsn, *time)),
+                WalEvent::TablespaceCreated {
+                    oid, location, lsn, ..
+                } => s.tablespaces_created.push((*lsn, *oid, location.clone())),
             }
         }
         s
@@ -91,6 +99,7 @@ impl SegmentSummary {
             incomplete_tail: false,
             switched: false,
             unreadable: Some(why),
+            tablespaces_created: Vec::new(),
         }
     }
 }

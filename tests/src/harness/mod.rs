@@ -19,7 +19,9 @@ mod testdir;
 pub mod wal;
 mod zpool;
 
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
 
 pub use client::{Client, ClientConfig};
 pub use command::{run, run_ok, Log, Run, NOT_ALLOWED};
@@ -119,4 +121,29 @@ pub fn chmod(path: &std::path::Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .unwrap_or_else(|e| panic!("chmod {mode:o} {}: {e}", path.display()));
+}
+
+/// Every file under `dir` with its size, mtime and blake3: two listings are equal only if
+/// nothing was written there in between.
+pub fn file_tree(dir: &Path) -> BTreeMap<PathBuf, (u64, SystemTime, String)> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)
+            .unwrap_or_else(|e| panic!("read {}: {e}", d.display()))
+            .flatten()
+        {
+            let p = e.path();
+            let meta = std::fs::symlink_metadata(&p).expect("stat");
+            if meta.is_dir() {
+                stack.push(p);
+            } else {
+                let hash = blake3::hash(&std::fs::read(&p).unwrap_or_default())
+                    .to_hex()
+                    .to_string();
+                out.insert(p, (meta.len(), meta.modified().expect("mtime"), hash));
+            }
+        }
+    }
+    out
 }

@@ -31,6 +31,7 @@ fn seg(f: &mut Facts, t: u32, segno: u64, secs: i64) {
             last_commit: Some(c),
             max_micros: Some(c.1),
             restore_points: Vec::new(),
+            tablespaces_created: Vec::new(),
         },
     );
 }
@@ -617,4 +618,39 @@ mod properties {
             }
         }
     }
+}
+
+#[test]
+fn a_tablespace_created_in_the_replayed_wal_is_named() {
+    let mut f = one_timeline();
+    let at = lsn(8, 4096);
+    if let Some(s) = f.segments.get_mut(&(tl(1), 8)) {
+        s.tablespaces_created.push((at, 16400, "/srv/ts".into()));
+    }
+    let created = TablespaceCreation {
+        lsn: at,
+        oid: 16400,
+        location: "/srv/ts".into(),
+    };
+    assert_eq!(
+        plan(&f, &req(Target::Latest)).unwrap().creates_tablespace,
+        Some(created.clone())
+    );
+    // From backup A too: its replay crosses segment 8 on the way.
+    let mut r = req(Target::Lsn(lsn(9, 0)));
+    r.backup = Some("A".into());
+    assert_eq!(plan(&f, &r).unwrap().creates_tablespace, Some(created));
+    // A target before the creation, or a snapshot whose redo point is past it, replays none.
+    assert_eq!(
+        plan(&f, &req(Target::Lsn(lsn(7, 0))))
+            .unwrap()
+            .creates_tablespace,
+        None
+    );
+    f.backups
+        .push(backup("C", 1, lsn(8, 8192), lsn(8, 9000), T0 + 80_000_000));
+    assert_eq!(
+        plan(&f, &req(Target::Latest)).unwrap().creates_tablespace,
+        None
+    );
 }

@@ -65,6 +65,7 @@ impl Cluster {
                 last_commit: Some(c),
                 max_micros: Some(c.1),
                 restore_points: Vec::new(),
+                tablespaces_created: Vec::new(),
             },
         );
     }
@@ -609,6 +610,7 @@ fn promoted() -> Cluster {
             last_commit: Some((lsn(5, SEG / 8 * 7), (T0 + 24 * HOUR + 1800) * 1_000_000)),
             max_micros: Some((T0 + 24 * HOUR + 1800) * 1_000_000),
             restore_points: Vec::new(),
+            tablespaces_created: Vec::new(),
         },
     );
     for s in 6..=10 {

@@ -349,6 +349,16 @@ fn reads_commits_aborts_and_restore_points() {
     let info = XLOG_XACT_ABORT_PREPARED | XLOG_XACT_HAS_INFO;
     want.push(abort_ev(704, w.put(RM_XACT_ID, info, 0, &body), T + 4));
 
+    let mut body = 16400u32.to_le_bytes().to_vec();
+    body.extend_from_slice(b"/srv/ts one\0");
+    let (lsn, end_lsn) = w.put(RM_TBLSPC_ID, XLOG_TBLSPC_CREATE, 0, &main(&body));
+    want.push(WalEvent::TablespaceCreated {
+        oid: 16400,
+        location: "/srv/ts one".into(),
+        lsn,
+        end_lsn,
+    });
+
     let body = restore_point_body("before-upgrade", T + 5);
     let (lsn, end_lsn) = w.put(RM_XLOG_ID, XLOG_RESTORE_POINT, 0, &body);
     let name = "before-upgrade".to_owned();
@@ -378,7 +388,10 @@ fn reads_commits_aborts_and_restore_points() {
     assert_eq!(got.wal_end, Some(WalEnd::Zeroed { at: end }));
     assert_eq!(got.incomplete_tail, None);
     assert!(!got.switched);
-    assert_eq!(got.events.iter().map(WalEvent::time).max(), Some(T + 8));
+    assert_eq!(
+        got.events.iter().filter_map(WalEvent::time).max(),
+        Some(T + 8)
+    );
 }
 
 #[test]

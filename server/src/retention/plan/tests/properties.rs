@@ -109,6 +109,7 @@ fn build(s: &Scenario) -> (Cluster, i64) {
                 last_commit: Some((lsn(k, SEG / 8 * 7), first)),
                 max_micros: Some(first),
                 restore_points: Vec::new(),
+                tablespaces_created: Vec::new(),
             },
         );
         for segno in k + 1..=n {
