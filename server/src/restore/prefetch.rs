@@ -100,11 +100,7 @@ impl Prefetch {
         }
     }
 
-    /// Stops reading ahead; logs what was read.
-    pub fn finish(mut self) -> Stats {
-        self.stop_and_join()
-    }
-
+    /// Stops reading ahead and logs what was read (on drop: recovery is done with it).
     fn stop_and_join(&mut self) -> Stats {
         self.stop.store(true, Ordering::SeqCst);
         let Some(h) = self.handle.take() else {
