@@ -22,8 +22,10 @@ const STARTUP_GRACE: Duration = Duration::from_secs(60);
 const EXIT_GRACE: Duration = Duration::from_secs(10);
 /// How long a promotion may take to finish.
 const PROMOTE_WAIT_SECS: u32 = 120;
-/// How often [`Instance::promote`] looks whether it finished.
-const PROMOTE_POLL: Duration = Duration::from_millis(25);
+/// How often [`Instance::promote`] looks whether it finished: soon at first (a promotion
+/// from a pause takes a few milliseconds), then less often (one that ends with a
+/// checkpoint may take long, and every look is a psql process).
+const PROMOTE_POLL: (Duration, Duration) = (Duration::from_millis(10), Duration::from_millis(400));
 /// libpq's `connect_timeout` for our queries.
 const CONNECT_TIMEOUT_SECS: u32 = 10;
 /// Lines of the log an error quotes.
@@ -636,6 +638,7 @@ impl Instance {
     /// Polls until the instance is out of recovery, for at most [`PROMOTE_WAIT_SECS`].
     fn wait_out_of_recovery(&self) -> Result<(), PgError> {
         let deadline = Instant::now() + Duration::from_secs(PROMOTE_WAIT_SECS.into());
+        let mut pause = PROMOTE_POLL.0;
         loop {
             let in_recovery = self
                 .query("SELECT pg_is_in_recovery()")
@@ -647,7 +650,8 @@ impl Instance {
             if Instant::now() >= deadline {
                 return Err(self.promote_failed(format!("still in recovery ({in_recovery})")));
             }
-            std::thread::sleep(PROMOTE_POLL);
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(PROMOTE_POLL.1);
         }
     }
 
