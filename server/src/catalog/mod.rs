@@ -368,6 +368,14 @@ impl Catalog {
         self.wal.get(&key)?.map(|v| decode(&key, &v)).transpose()
     }
 
+    /// The cluster's WAL file last in name order: the newest of its newest timeline.
+    pub fn last_wal(&self, cluster: &ClusterId) -> Result<Option<WalRecord>, CatalogError> {
+        self.wal
+            .last_with_prefix(wal_prefix(cluster))?
+            .map(|(k, v)| decode(&k, &v))
+            .transpose()
+    }
+
     /// A cluster's WAL files in name order (= timeline, then LSN order).
     pub fn wal_files(&self, cluster: &ClusterId) -> Result<Vec<WalRecord>, CatalogError> {
         self.wal
@@ -451,6 +459,16 @@ mod tests {
             cat.wal_files(&a).unwrap(),
             vec![w("000000010000000000000001")]
         );
+        cat.put_wal(&a, &w("00000002.history")).unwrap();
+        cat.put_wal(&a, &w("000000020000000000000001")).unwrap();
+        assert_eq!(
+            cat.last_wal(&a).unwrap().map(|r| r.name),
+            Some("000000020000000000000001".into())
+        );
+        assert_eq!(
+            cat.last_wal(&b).unwrap().map(|r| r.name),
+            Some("000000010000000000000002".into())
+        );
         assert_eq!(
             cat.clusters(Some(&"acme".parse().unwrap())).unwrap().len(),
             2
@@ -462,7 +480,7 @@ mod tests {
         drop(cat);
         // Reopening keeps everything.
         let cat = Catalog::open(&dir.path().join("cat")).unwrap();
-        assert_eq!(cat.dump().unwrap().wal.len(), 2);
+        assert_eq!(cat.dump().unwrap().wal.len(), 4);
     }
 
     #[test]

@@ -274,6 +274,33 @@ impl Tree {
         }
     }
 
+    /// The entry with the greatest key that starts with `prefix`: one indexed lookup.
+    pub fn last_with_prefix(&self, prefix: impl AsRef<[u8]>) -> rusqlite::Result<Option<Entry>> {
+        let prefix = prefix.as_ref();
+        let c = self.store.reader()?;
+        let out = (|| {
+            let row = |r: &rusqlite::Row<'_>| Ok((r.get(0)?, r.get(1)?));
+            match after_prefix(prefix) {
+                Some(end) => c
+                    .prepare_cached(&format!(
+                        "SELECT k, v FROM \"{}\" WHERE k >= ?1 AND k < ?2 ORDER BY k DESC LIMIT 1",
+                        self.table
+                    ))?
+                    .query_row(params![prefix, end], row)
+                    .optional(),
+                None => c
+                    .prepare_cached(&format!(
+                        "SELECT k, v FROM \"{}\" WHERE k >= ?1 ORDER BY k DESC LIMIT 1",
+                        self.table
+                    ))?
+                    .query_row(params![prefix], row)
+                    .optional(),
+            }
+        })();
+        self.store.give_back(c);
+        out
+    }
+
     /// Every entry, in key order.
     pub fn iter(&self) -> Scan {
         self.scan_prefix([])
@@ -390,6 +417,11 @@ mod tests {
         assert_eq!(keys, vec![b"a\0a".to_vec(), b"a\0b".to_vec()]);
         assert_eq!(t.iter().count(), 6);
         assert_eq!(t.scan_prefix(b"\xff").count(), 1);
+        let last = |p: &[u8]| t.last_with_prefix(p).unwrap().map(|(k, _)| k);
+        assert_eq!(last(b"a\0"), Some(b"a\0b".to_vec()));
+        assert_eq!(last(b"a"), Some(b"a\x01".to_vec()));
+        assert_eq!(last(b"\xff"), Some(b"\xff".to_vec()));
+        assert_eq!(last(b"c"), None);
         assert_eq!(t.remove(b"a").unwrap(), Some(b"a".to_vec()));
         assert_eq!(t.remove(b"a").unwrap(), None);
         t.remove_prefix(b"a\0").unwrap();

@@ -283,6 +283,19 @@ impl RollForward {
             .max_by(|a, b| (a.stop_lsn, &a.id).cmp(&(b.stop_lsn, &b.id)))
             .cloned()
             .unwrap_or_else(|| base.clone());
+        // A plan reads the cluster's whole WAL index, and every cluster is looked at each
+        // round: nothing archived since the job (or backup) behind `last` began means
+        // nothing to roll forward.
+        let began = last.stop_unix - (last.stats.duration_ms / 1000) as i64 - 1;
+        if self
+            .catalog
+            .last_wal(cluster)?
+            .is_none_or(|w| w.archived_unix < began)
+        {
+            return Ok(Outcome::NotDue(
+                "nothing archived since the newest snapshot".into(),
+            ));
+        }
         let planned = self
             .restores
             .plan(&RestoreSpec {
