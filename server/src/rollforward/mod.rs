@@ -179,6 +179,14 @@ impl RollForward {
         self.stopping.store(true, Ordering::SeqCst);
     }
 
+    fn restore_err(cluster: &ClusterId) -> impl FnOnce(RestoreError) -> RollForwardError {
+        let cluster = cluster.clone();
+        move |e| RollForwardError::Restore {
+            cluster,
+            source: Box::new(e),
+        }
+    }
+
     fn storage_err(
         cluster: &ClusterId,
         context: impl Into<String>,
@@ -306,10 +314,7 @@ impl RollForward {
                 action: Action::Promote,
                 inclusive: true,
             })
-            .map_err(|e| RollForwardError::Restore {
-                cluster: cluster.clone(),
-                source: Box::new(e),
-            })?;
+            .map_err(Self::restore_err(cluster))?;
         // Replay on this server must not make a tablespace's directory at the source's
         // location here: the chain stops just before the record that creates one.
         let stop_before = planned.plan.creates_tablespace.clone();
@@ -385,10 +390,7 @@ impl RollForward {
             &backup,
             &chain.base,
         )
-        .map_err(|e| RollForwardError::Restore {
-            cluster: cluster.clone(),
-            source: Box::new(e),
-        })?;
+        .map_err(Self::restore_err(cluster))?;
         tracing::info!(cluster = %cluster, chain = %chain.base, "created a roll-forward chain");
         Ok(())
     }
@@ -396,12 +398,8 @@ impl RollForward {
     /// The chain's copy as a clone (its data and tablespace datasets).
     fn copy(cluster: &ClusterId, chain: &Chain) -> Result<RestoreClone, RollForwardError> {
         let l = Self::layout(cluster)?;
-        RestoreClone::existing_in(cluster, &l.rollforward, &chain.base).map_err(|e| {
-            RollForwardError::Restore {
-                cluster: cluster.clone(),
-                source: Box::new(e),
-            }
-        })
+        RestoreClone::existing_in(cluster, &l.rollforward, &chain.base)
+            .map_err(Self::restore_err(cluster))
     }
 
     /// Destroys the chains of older bases that hold no snapshot any more (retention pruned
@@ -470,12 +468,9 @@ impl RollForward {
         let data = self.mountpoint(cluster, &chain.datasets.data)?;
         self.repair(cluster, chain)?;
         let copy = Self::copy(cluster, chain)?;
-        let tablespaces =
-            copy.tablespace_dirs(self.storage.as_ref())
-                .map_err(|e| RollForwardError::Restore {
-                    cluster: cluster.clone(),
-                    source: Box::new(e),
-                })?;
+        let tablespaces = copy
+            .tablespace_dirs(self.storage.as_ref())
+            .map_err(Self::restore_err(cluster))?;
         self.refuse_tablespaces_outside(cluster, chain, &data, &tablespaces)?;
         pristine::save(&home, &data).map_err(Self::io_err(
             cluster,
@@ -685,10 +680,7 @@ impl RollForward {
         stop_before: Option<&TablespaceCreation>,
     ) -> Result<Vec<(String, String)>, RollForwardError> {
         let restore_command = crate::restore::instance::restore_command(&self.restores, planned)
-            .map_err(|e| RollForwardError::Restore {
-                cluster: planned.cluster.clone(),
-                source: Box::new(e),
-            })?;
+            .map_err(Self::restore_err(&planned.cluster))?;
         let stop = stop_before.map(|c| {
             [
                 ("recovery_target_lsn".to_owned(), c.lsn.to_string()),
