@@ -17,6 +17,7 @@ use std::path::Path;
 use walvault_proto::pb;
 
 use super::tablespace::{tablespace_map, AreaDirs};
+use crate::durable::{fsync_dir, remove_if_present, write_durably};
 use crate::error::ClientError;
 
 /// A restored copy that follows the archive (and a primary) as a standby.
@@ -217,39 +218,6 @@ fn append_auto_conf(pgdata: &Path, block: &str) -> Result<(), ClientError> {
         .map_err(io("open"))?;
     f.write_all(text.as_bytes()).map_err(io("append to"))?;
     f.sync_all().map_err(io("fsync"))
-}
-
-/// Temporary name, fsync, rename, fsync the directory.
-fn write_durably(dir: &Path, name: &str, content: &[u8]) -> Result<(), ClientError> {
-    let path = dir.join(name);
-    let tmp = dir.join(format!(".{name}.walvault.tmp"));
-    let io = |what: &str, p: &Path| ClientError::io(format!("{what} {}", p.display()));
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(io("create", &tmp))?;
-    f.write_all(content).map_err(io("write", &tmp))?;
-    f.sync_all().map_err(io("fsync", &tmp))?;
-    fs::rename(&tmp, &path).map_err(io("write", &path))?;
-    fsync_dir(dir)
-}
-
-fn remove_if_present(path: &Path) -> Result<(), ClientError> {
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => {
-            Err(ClientError::io(format!("remove {}", path.display()))(e))
-        }
-        _ => Ok(()),
-    }
-}
-
-fn fsync_dir(dir: &Path) -> Result<(), ClientError> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(ClientError::io(format!("fsync {}", dir.display())))
 }
 
 #[cfg(test)]
