@@ -28,6 +28,26 @@ struct RawConfig {
     compression: Compression,
     timeout_secs: Option<u64>,
     retry_secs: Option<u64>,
+    push_ahead: Option<u32>,
+    push_parallel: Option<u32>,
+    spool_dir: Option<PathBuf>,
+}
+
+/// Most segments one `wal-push` pushes ahead of PostgreSQL's asking, and most in flight.
+pub const MAX_PUSH_AHEAD: u32 = 64;
+pub const MAX_PUSH_PARALLEL: u32 = 16;
+
+/// `wal-push` look-ahead: besides the file PostgreSQL asks for, push up to `ahead` more of
+/// its `.ready` segments, `parallel` at a time, and remember the acknowledged ones in the
+/// spool so that PostgreSQL's later calls for them return at once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushAhead {
+    /// 0: off, every call pushes only its own file.
+    pub ahead: u32,
+    pub parallel: u32,
+    /// Where acknowledgements and the status live; by default `walvault.spool` in the
+    /// directory of the pushed file (PostgreSQL's `pg_wal`, which backups leave out).
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// Compression on the wire.
@@ -52,6 +72,7 @@ pub struct ClientConfig {
     pub timeout: Duration,
     /// How long wal-push and wal-fetch go on retrying a server they cannot reach.
     pub retry: Duration,
+    pub push: PushAhead,
 }
 
 impl ClientConfig {
@@ -77,6 +98,18 @@ impl ClientConfig {
             .map(|c| c.parse::<ClusterId>())
             .transpose()
             .map_err(|e| bad(e.to_string()))?;
+        let ahead = raw.push_ahead.unwrap_or(0);
+        if ahead > MAX_PUSH_AHEAD {
+            return Err(bad(format!(
+                "push_ahead = {ahead}: at most {MAX_PUSH_AHEAD} (0 turns look-ahead off)"
+            )));
+        }
+        let parallel = raw.push_parallel.unwrap_or(3);
+        if !(1..=MAX_PUSH_PARALLEL).contains(&parallel) {
+            return Err(bad(format!(
+                "push_parallel = {parallel}: give 1 to {MAX_PUSH_PARALLEL}"
+            )));
+        }
         Ok(Self {
             path: path.to_owned(),
             server: raw.server,
@@ -88,6 +121,11 @@ impl ClientConfig {
             compression: raw.compression,
             timeout: Duration::from_secs(raw.timeout_secs.unwrap_or(300).max(1)),
             retry: Duration::from_secs(raw.retry_secs.unwrap_or(DEFAULT_RETRY_SECS)),
+            push: PushAhead {
+                ahead,
+                parallel,
+                spool_dir: raw.spool_dir.map(abs),
+            },
         })
     }
 }

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod connect;
+pub mod durable;
 pub mod error;
 pub mod output;
 pub mod pgdata;
@@ -14,6 +15,7 @@ pub mod postgres;
 pub mod progress;
 pub mod restore;
 pub mod retry;
+pub mod spool;
 
 use cli::{Cli, ClusterCommand, Command, PolicyCommand, RestoresCommand, TenantCommand};
 use commands::wal_fetch::Fetched;
