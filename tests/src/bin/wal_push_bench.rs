@@ -2,6 +2,9 @@
 //! process per segment, timed from start to exit, against the real server on a zfs-fuse
 //! pool over mutual TLS. Compares zstd on the wire with no compression and, when Debian's
 //! `pgbackrest` is installed, `pgbackrest archive-push` into a repository on the same pool.
+//! Then a backlog drain as PostgreSQL's archiver makes it (all segments `.ready`, one call per
+//! segment, oldest first): walvault with look-ahead (`push_ahead = 8`, 3 at once) against
+//! `pgbackrest archive-push --archive-async` (two processes), each into a fresh archive.
 //!
 //! Run as root: `cargo build --release --workspace && cargo run --release -p walvault-tests
 //! --bin wal-push-bench [SEGMENTS]` (default 40). Bounded: it stops by itself.
@@ -15,6 +18,10 @@ use walvault_tests::harness::wal::local_archive_conf;
 use walvault_tests::harness::{
     chown_postgres, e2e_ready, Client, Pg, Storage, TestDir, Walvault, PG_USER,
 };
+
+/// walvault's look-ahead in the drain: segments pushed ahead per call, and at once.
+const AHEAD: u32 = 8;
+const PARALLEL: u32 = 3;
 
 struct Figures {
     label: String,
@@ -110,6 +117,61 @@ fn time_pushes(
     times
 }
 
+/// A backlog drained as PostgreSQL's archiver drains it: every segment sits in a `pg_wal`
+/// of its own with an `archive_status/<name>.ready`; one process per segment, oldest first,
+/// and `.ready` becomes `.done` after each success.
+fn drain(
+    td: &TestDir,
+    label: &str,
+    segments: &[PathBuf],
+    cmd: impl FnMut(&Path) -> Command,
+) -> Vec<Duration> {
+    let pg_wal = td.mkdir_postgres(format!("drain-{label}/pg_wal"));
+    let status = pg_wal.join("archive_status");
+    std::fs::create_dir_all(&status).expect("archive_status");
+    chown_postgres(&status);
+    let mut copies = Vec::new();
+    for s in segments {
+        let name = s.file_name().expect("segment name");
+        let copy = pg_wal.join(name);
+        std::fs::copy(s, &copy).expect("copy a segment");
+        let ready = status.join(format!("{}.ready", name.to_string_lossy()));
+        std::fs::write(&ready, b"").expect("write .ready");
+        copies.push(copy);
+    }
+    let mut cmd = cmd;
+    let mut times = Vec::new();
+    for c in &copies {
+        let ready = status.join(format!(
+            "{}.ready",
+            c.file_name().expect("name").to_string_lossy()
+        ));
+        times.extend(time_pushes(label, std::slice::from_ref(c), &mut cmd));
+        std::fs::rename(&ready, ready.with_extension("done")).expect("mark .done");
+    }
+    times
+}
+
+fn walvault_ahead(wv: &Walvault, td: &TestDir, segments: &[PathBuf]) -> Figures {
+    let cluster = "bench/ahead";
+    wv.cluster_create(cluster);
+    let agent = wv.agent_with(cluster, "zstd").as_user(None);
+    let mut config = std::fs::read_to_string(agent.config()).expect("agent config");
+    config.push_str(&format!(
+        "push_ahead = {AHEAD}\npush_parallel = {PARALLEL}\n"
+    ));
+    std::fs::write(agent.config(), config).expect("write agent config");
+    let times = drain(td, "walvault", segments, |s| {
+        agent.command(&["wal-push", &s.to_string_lossy()])
+    });
+    Figures {
+        label: format!("walvault drain, ahead {AHEAD}"),
+        times,
+        bytes_in: segments.iter().map(|s| size(s)).sum(),
+        bytes_stored: 0,
+    }
+}
+
 fn walvault(wv: &Walvault, storage: &Storage, segments: &[PathBuf], compression: &str) -> Figures {
     let cluster = format!("bench/{compression}");
     wv.cluster_create(&cluster);
@@ -127,14 +189,34 @@ fn walvault(wv: &Walvault, storage: &Storage, segments: &[PathBuf], compression:
 
 /// pgbackrest 2.45 from Debian, archive-push into a repository on the same pool, zstd level 1
 /// like walvault's client.
-fn pgbackrest(td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) -> Option<Figures> {
+/// pgbackrest's rows: `archive-push` one segment at a time, then a drain with
+/// `--archive-async` (its spool and two processes) into a second repository.
+fn pgbackrest(td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) -> Vec<Figures> {
+    let mut rows = Vec::new();
+    rows.extend(pgbackrest_with(td, storage, pg, segments, false));
+    rows.extend(pgbackrest_with(td, storage, pg, segments, true));
+    rows
+}
+
+fn pgbackrest_with(
+    td: &TestDir,
+    storage: &Storage,
+    pg: &Pg,
+    segments: &[PathBuf],
+    asynchronous: bool,
+) -> Option<Figures> {
     if Command::new("pgbackrest").arg("version").output().is_err() {
         println!("(pgbackrest not installed: apt-get install pgbackrest to compare)");
         return None;
     }
+    let name = if asynchronous {
+        "pgbackrest-async"
+    } else {
+        "pgbackrest"
+    };
     let repo = match storage {
-        Storage::Zfs(pool) => pool.create_dataset("pgbackrest"),
-        Storage::Dir(_) => td.mkdir("pgbackrest"),
+        Storage::Zfs(pool) => pool.create_dataset(name),
+        Storage::Dir(_) => td.mkdir(name),
     };
     chown_postgres(&repo);
     let conf = pgbackrest_conf(td, &repo, pg).expect("pgbackrest.conf");
@@ -154,13 +236,25 @@ fn pgbackrest(td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) ->
         );
         return None;
     }
-    let times = time_pushes("pgbackrest", segments, |s| {
-        let mut c = pgbr(&["archive-push"]);
-        c.arg(s);
-        c
-    });
+    let times = if asynchronous {
+        drain(td, "pgbackrest", segments, |s| {
+            let mut c = pgbr(&["--archive-async", "--process-max=2", "archive-push"]);
+            c.arg(s);
+            c
+        })
+    } else {
+        time_pushes("pgbackrest", segments, |s| {
+            let mut c = pgbr(&["archive-push"]);
+            c.arg(s);
+            c
+        })
+    };
     Some(Figures {
-        label: "pgbackrest archive-push (zst)".into(),
+        label: if asynchronous {
+            "pgbackrest drain, async".into()
+        } else {
+            "pgbackrest archive-push (zst)".into()
+        },
         times,
         bytes_in: segments.iter().map(|s| size(s)).sum(),
         bytes_stored: dir_bytes(&repo.join("archive")),
@@ -188,11 +282,12 @@ fn main() {
     let mut rows = vec![
         walvault(&wv, &storage, &segments, "zstd"),
         walvault(&wv, &storage, &segments, "none"),
+        walvault_ahead(&wv, &td, &segments),
     ];
     rows.extend(pgbackrest(&td, &storage, &pg, &segments));
 
     println!(
-        "\n{n} segments of 16 MiB, one process per push, on {} ({} cores)",
+        "\n{n} segments of 16 MiB, one process per push (drains: per call of the archiver), on {} ({} cores)",
         match &storage {
             Storage::Zfs(_) => "a zfs-fuse pool on a sparse file",
             Storage::Dir(_) => "plain directories",
