@@ -261,6 +261,22 @@ impl RestoreClone {
     }
 
     /// The clone's own directory of every tablespace: (oid, directory).
+    /// Points the clone's `tablespace_map` and `pg_tblspc` links at its own tablespace
+    /// datasets, so that PostgreSQL started on it touches nothing outside the clone; returns
+    /// those datasets' directories.
+    pub fn point_tablespaces_home(
+        &self,
+        storage: &dyn Storage,
+    ) -> Result<Vec<(u32, PathBuf)>, RestoreError> {
+        let data = self.data_dir(storage)?;
+        let dirs = self.tablespace_dirs(storage)?;
+        point_tablespaces(&data, &dirs).map_err(RestoreError::io(format!(
+            "point the tablespaces of {} at the clone's own datasets",
+            data.display()
+        )))?;
+        Ok(dirs)
+    }
+
     pub fn tablespace_dirs(
         &self,
         storage: &dyn Storage,

@@ -140,12 +140,7 @@ pub fn start(
     let mut running: Option<Running> = None;
     let result = (|| {
         let data = c.data_dir(restores.storage())?;
-        // Tablespaces live in the clone's own datasets.
-        let dirs = c.tablespace_dirs(restores.storage())?;
-        super::clone::point_tablespaces(&data, &dirs).map_err(RestoreError::io(format!(
-            "point the tablespaces of {} at the clone",
-            data.display()
-        )))?;
+        let dirs = c.point_tablespaces_home(restores.storage())?;
         let cfg = restores.config();
         if let Some(dir) = cfg.local_wal(&format!("{}-{id}", planned.cluster)) {
             pg::localwal::move_out(&data, &dir, Owner::lookup(restores.pg_user())).map_err(
