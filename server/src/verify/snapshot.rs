@@ -220,6 +220,16 @@ impl Verifier {
                 return Ok(());
             }
         };
+        if let Some(c) = &planned.plan.creates_tablespace {
+            // Replaying it would make the tablespace's directory at the source's path on
+            // this machine, outside every clone.
+            run.errors.push(format!(
+                "it cannot be checked on this server: reaching consistency replays the \
+                 creation of tablespace {} at {} (LSN {}); the next base backup can be",
+                c.oid, c.location, c.lsn
+            ));
+            return Ok(());
+        }
         let storage = self.restores.storage();
         let l = ClusterLayout::of(cluster).map_err(Self::storage_fail(cluster, "name datasets"))?;
         let source = self
@@ -257,9 +267,9 @@ impl Verifier {
         let cfg = self.restores.config();
         let bins = PgBinaries::locate(&cfg.pg_bin, planned.pg_major).map_err(|e| e.to_string())?;
         let data = clone.data_dir(storage).map_err(|e| e.to_string())?;
-        let dirs = clone.tablespace_dirs(storage).map_err(|e| e.to_string())?;
-        crate::restore::clone::point_tablespaces(&data, &dirs)
-            .map_err(|e| format!("point the clone's tablespaces at its own datasets: {e}"))?;
+        let dirs = clone
+            .point_tablespaces_home(storage)
+            .map_err(|e| e.to_string())?;
         let spec = InstanceSpec {
             pgdata: data.clone(),
             port: 5432,
