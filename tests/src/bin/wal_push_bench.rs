@@ -237,8 +237,17 @@ fn pgbackrest_with(
         return None;
     }
     let times = if asynchronous {
+        // pgbackrest wants the WAL inside pg1-path, with the cluster's pg_control.
+        let base = td.join("drain-pgbackrest");
+        let global = td.mkdir_postgres("drain-pgbackrest/global");
+        std::fs::copy(
+            pg.data_dir().join("global/pg_control"),
+            global.join("pg_control"),
+        )
+        .expect("copy pg_control");
+        let pg1 = format!("--pg1-path={}", base.display());
         drain(td, "pgbackrest", segments, |s| {
-            let mut c = pgbr(&["--archive-async", "--process-max=2", "archive-push"]);
+            let mut c = pgbr(&[&pg1, "--archive-async", "--process-max=2", "archive-push"]);
             c.arg(s);
             c
         })
