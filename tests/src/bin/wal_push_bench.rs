@@ -245,6 +245,7 @@ fn pgbackrest_with(
             global.join("pg_control"),
         )
         .expect("copy pg_control");
+        chown_postgres(&global.join("pg_control"));
         let pg1 = format!("--pg1-path={}", base.display());
         drain(td, "pgbackrest", segments, |s| {
             let mut c = pgbr(&[&pg1, "--archive-async", "--process-max=2", "archive-push"]);
