@@ -84,7 +84,17 @@ impl ClientConfig {
             ))
         })?;
         let bad = |m: String| ClientError::Config(format!("{}: {m}", path.display()));
-        let raw: RawConfig = toml::from_str(&text).map_err(|e| bad(e.message().to_owned()))?;
+        let raw: RawConfig = toml::from_str(&text).map_err(|e| {
+            // toml's own text spans several lines; name the line instead.
+            bad(match e.span() {
+                Some(span) => {
+                    let n = text[..span.start.min(text.len())].matches('\n').count();
+                    let line = text.lines().nth(n).unwrap_or_default().trim();
+                    format!("line {} ({line}): {}", n + 1, e.message())
+                }
+                None => e.message().to_owned(),
+            })
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         if !raw.server.starts_with("https://") {
@@ -127,5 +137,43 @@ impl ClientConfig {
                 spool_dir: raw.spool_dir.map(abs),
             },
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(extra: &str) -> Result<ClientConfig, ClientError> {
+        let dir = std::env::temp_dir().join(format!("walvault-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(format!("c{}.toml", extra.len()));
+        std::fs::write(
+            &path,
+            format!("server = \"https://localhost:7400\"\nca = \"ca.crt\"\n{extra}"),
+        )
+        .unwrap();
+        let c = ClientConfig::load(&path);
+        let _ = std::fs::remove_file(&path);
+        c
+    }
+
+    #[test]
+    fn look_ahead_is_off_by_default_and_bounded() {
+        let c = load("").unwrap();
+        assert_eq!(c.push.ahead, 0);
+        assert_eq!(c.push.parallel, 3);
+        let c = load("push_ahead = 8\nspool_dir = \"spool\"\n").unwrap();
+        assert_eq!(c.push.ahead, 8);
+        assert!(c.push.spool_dir.unwrap().is_absolute());
+        for (bad, word) in [
+            ("push_ahead = 65\n", "push_ahead"),
+            ("push_parallel = 0\n", "push_parallel"),
+            ("push_parallel = 17\n", "push_parallel"),
+            ("push_ahead = -1\n", "push_ahead"),
+        ] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains(word) && !e.contains('\n'), "{bad}: {e}");
+        }
     }
 }
