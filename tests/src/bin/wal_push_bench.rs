@@ -135,8 +135,10 @@ fn drain(
         let name = s.file_name().expect("segment name");
         let copy = pg_wal.join(name);
         std::fs::copy(s, &copy).expect("copy a segment");
+        chown_postgres(&copy);
         let ready = status.join(format!("{}.ready", name.to_string_lossy()));
         std::fs::write(&ready, b"").expect("write .ready");
+        chown_postgres(&ready);
         copies.push(copy);
     }
     let mut cmd = cmd;
@@ -194,7 +196,13 @@ fn walvault(wv: &Walvault, storage: &Storage, segments: &[PathBuf], compression:
 fn pgbackrest(td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) -> Vec<Figures> {
     let mut rows = Vec::new();
     rows.extend(pgbackrest_with(td, storage, pg, segments, false));
-    rows.extend(pgbackrest_with(td, storage, pg, segments, true));
+    // A failing peer must not cost the rows already measured.
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        pgbackrest_with(td, storage, pg, segments, true)
+    })) {
+        Ok(row) => rows.extend(row),
+        Err(_) => println!("(pgbackrest --archive-async drain failed: see above)"),
+    }
     rows
 }
 
