@@ -154,7 +154,7 @@ fn drain(
     times
 }
 
-fn walvault_ahead(wv: &Walvault, td: &TestDir, segments: &[PathBuf]) -> Figures {
+fn walvault_ahead(wv: &Walvault, td: &TestDir, storage: &Storage, segments: &[PathBuf]) -> Figures {
     let cluster = "bench/ahead";
     wv.cluster_create(cluster);
     let agent = wv.agent_with(cluster, "zstd").as_user(None);
@@ -170,7 +170,7 @@ fn walvault_ahead(wv: &Walvault, td: &TestDir, segments: &[PathBuf]) -> Figures 
         label: format!("walvault drain, ahead {AHEAD}"),
         times,
         bytes_in: segments.iter().map(|s| size(s)).sum(),
-        bytes_stored: 0,
+        bytes_stored: dir_bytes(&storage.wal_dir(cluster)),
     }
 }
 
@@ -300,7 +300,7 @@ fn main() {
     let mut rows = vec![
         walvault(&wv, &storage, &segments, "zstd"),
         walvault(&wv, &storage, &segments, "none"),
-        walvault_ahead(&wv, &td, &segments),
+        walvault_ahead(&wv, &td, &storage, &segments),
     ];
     rows.extend(pgbackrest(&td, &storage, &pg, &segments));
 
