@@ -25,7 +25,6 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use walvault_proto::{ClusterId, TenantId, WalFileKind, WalFileName};
 
@@ -236,21 +235,6 @@ pub struct WalArchive {
     wal_dirs: Arc<Mutex<HashMap<ClusterId, PathBuf>>>,
     /// Each cluster's continuity ledger, kept current by push, remove and damage.
     pub(super) continuity: Arc<Continuity>,
-    /// Tenants' space as last read, so that a push far below its quota does not ask ZFS.
-    spaces: Arc<Mutex<HashMap<TenantId, KnownSpace>>>,
-}
-
-/// How long a tenant's space as read stays good enough for the quota check.
-const SPACE_FRESH: Duration = Duration::from_secs(1);
-/// Closer to the quota than this, the check reads the space on every push.
-const SPACE_SLACK: u64 = 256 << 20;
-
-#[derive(Debug, Clone, Copy)]
-struct KnownSpace {
-    read: Instant,
-    /// As read, plus what pushes checked since have added.
-    used: u64,
-    quota: Option<u64>,
 }
 
 impl WalArchive {
@@ -261,7 +245,6 @@ impl WalArchive {
             locks: Default::default(),
             wal_dirs: Default::default(),
             continuity: Arc::default(),
-            spaces: Arc::default(),
         }
     }
 
@@ -547,59 +530,29 @@ impl WalArchive {
         }
     }
 
-    /// Refuses a file that would take `tenant` past its quota. Reading the space costs a
-    /// `zfs get`, so a reading less than [`SPACE_FRESH`] old is used while the tenant is at
-    /// least [`SPACE_SLACK`] below its quota; nearer, every push reads it. ZFS enforces the
-    /// quota on every write anyway: this check names it before anything is published.
     pub(super) fn check_quota(
         &self,
         tenant: &TenantId,
         name: &WalFileName,
         needed: u64,
     ) -> Result<(), ArchiveError> {
-        let spaces = || self.spaces.lock().unwrap_or_else(|p| p.into_inner());
-        let roomy = |k: &KnownSpace| {
-            k.read.elapsed() < SPACE_FRESH
-                && k.quota
-                    .is_none_or(|q| k.used.saturating_add(needed).saturating_add(SPACE_SLACK) <= q)
-        };
-        let cached = spaces().get(tenant).copied().filter(roomy);
-        let known = match cached {
-            Some(k) => k,
-            // Read without the lock: other tenants' pushes need not wait on this one's ZFS.
-            None => {
-                let space = layout::tenant(tenant)
-                    .and_then(|ds| self.storage.space(&ds))
-                    .map_err(|source| ArchiveError::TenantSpace {
-                        tenant: tenant.clone(),
-                        source: Box::new(source),
-                    })?;
-                KnownSpace {
-                    read: Instant::now(),
-                    used: space.used,
-                    quota: space.quota,
-                }
-            }
-        };
-        if let Some(quota) = known.quota {
-            if known.used.saturating_add(needed) > quota {
-                spaces().remove(tenant);
+        let space = layout::tenant(tenant)
+            .and_then(|ds| self.storage.space(&ds))
+            .map_err(|source| ArchiveError::TenantSpace {
+                tenant: tenant.clone(),
+                source: Box::new(source),
+            })?;
+        if let Some(quota) = space.quota {
+            if space.used.saturating_add(needed) > quota {
                 return Err(ArchiveError::QuotaExceeded {
                     tenant: tenant.clone(),
                     name: name.clone(),
                     quota,
-                    used: known.used,
+                    used: space.used,
                     needed,
                 });
             }
         }
-        spaces().insert(
-            tenant.clone(),
-            KnownSpace {
-                used: known.used.saturating_add(needed),
-                ..known
-            },
-        );
         Ok(())
     }
 
