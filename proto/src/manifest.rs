@@ -2,8 +2,8 @@
 //! how it is cut into fixed-size blocks, and how blocks are hashed.
 //!
 //! A block is [`BLOCK_SIZE`] bytes, PostgreSQL's page size, so that a changed page costs one
-//! block on the wire and one write into the PGDATA dataset (whose records hold several
-//! blocks). Only a file's last block may be shorter.
+//! block on the wire and one record in the PGDATA dataset (recordsize 8K). Only a file's last
+//! block may be shorter.
 
 use std::cmp::Ordering;
 use std::fmt;

@@ -53,11 +53,9 @@ pub mod backup_props {
 /// Property of a restore's dataset (`restores/<id>`): the catalog's record, as JSON.
 pub const RESTORE_PROPERTY: &str = "restore";
 
-/// Record size of PGDATA datasets (`db/data`, `db/tblspc`) of new clusters. 32 KiB halves
-/// the space of 8 KiB records (which never compress below one 4 KiB sector) at the same replay
-/// speed; 128 KiB replays slower, as each 8 KiB page recovery writes rewrites a whole record.
-/// The measurements are in the README.
-pub const DATA_RECORDSIZE: u32 = 32 << 10;
+/// Record size of PGDATA datasets: PostgreSQL's page size, so a changed page rewrites one
+/// record.
+pub const DATA_RECORDSIZE: u32 = 8 << 10;
 /// Record size of the WAL archive: whole compressed files are written once and read whole.
 pub const WAL_RECORDSIZE: u32 = 1 << 20;
 
