@@ -260,7 +260,6 @@ impl RestoreClone {
         Ok(out)
     }
 
-    /// The clone's own directory of every tablespace: (oid, directory).
     /// Points the clone's `tablespace_map` and `pg_tblspc` links at its own tablespace
     /// datasets, so that PostgreSQL started on it touches nothing outside the clone; returns
     /// those datasets' directories.
@@ -277,6 +276,7 @@ impl RestoreClone {
         Ok(dirs)
     }
 
+    /// The clone's own directory of every tablespace: (oid, directory).
     pub fn tablespace_dirs(
         &self,
         storage: &dyn Storage,
