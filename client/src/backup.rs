@@ -96,7 +96,7 @@ pub async fn run(
     let label = opts
         .label
         .clone()
-        .unwrap_or_else(|| format!("walvault {}", crate::output::utc_time(now_unix())));
+        .unwrap_or_else(|| format!("walvault {}", crate::output::utc_time(crate::unix_now())));
 
     let mut client = pb::backup_client::BackupClient::new(connect::channel(config).await?);
     let (out, out_rx) = mpsc::channel::<pb::BackupRequest>(16);
@@ -149,7 +149,7 @@ pub async fn run(
     out.send(msg(backup_request::Part::Started(pb::BackupStarted {
         start_lsn: start_lsn.0,
         timeline: timeline.0,
-        start_unix: now_unix(),
+        start_unix: crate::unix_now(),
     })))
     .await
     .map_err(|_| ClientError::Integrity("the request stream closed early".into()))?;
@@ -198,7 +198,7 @@ pub async fn run(
     let stopped = db.stop_backup(&facts).await?;
     let finish = pb::FinishBackup {
         stop_lsn: stopped.lsn.0,
-        stop_unix: now_unix(),
+        stop_unix: crate::unix_now(),
         backup_label: stopped.backup_label,
         tablespace_map: stopped.tablespace_map,
         bytes_read: read.load(Ordering::Relaxed),
@@ -221,13 +221,6 @@ pub async fn run(
             "{context}: the server ended the backup without an answer"
         ))),
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 async fn server_reason(

@@ -148,3 +148,10 @@ pub async fn run(cli: Cli) -> Result<bool, ClientError> {
     }
     Ok(true)
 }
+
+/// Seconds since the Unix epoch, as the wire and the spool record times.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}

@@ -52,22 +52,22 @@ impl FileId {
 struct Ack {
     file: FileId,
     blake3: String,
-    acknowledged_unix: u64,
+    acknowledged_unix: i64,
 }
 
 /// What the last `wal-push` that reached for the server saw.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Status {
-    pub updated_unix: u64,
+    pub updated_unix: i64,
     /// `.ready` files in `pg_wal/archive_status`: PostgreSQL's archive backlog.
     pub ready: usize,
     /// Of those, how many the server holds already (pushed ahead, not yet asked for).
     pub acknowledged_ahead: usize,
-    pub last_success_unix: Option<u64>,
+    pub last_success_unix: Option<i64>,
     /// The last failure, of the asked-for file or of one pushed ahead; kept until a later
     /// call pushes without any.
     pub last_error: Option<String>,
-    pub last_error_unix: Option<u64>,
+    pub last_error_unix: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -124,7 +124,7 @@ impl Spool {
         let ack = Ack {
             file,
             blake3: blake3.to_hex().to_string(),
-            acknowledged_unix: unix_now(),
+            acknowledged_unix: crate::unix_now(),
         };
         let json = serde_json::to_vec(&ack).expect("an acknowledgement serialises");
         write_durably(&self.dir, &format!("{name}{ACK_EXT}"), &json)
@@ -168,12 +168,6 @@ impl Spool {
         let json = serde_json::to_vec_pretty(status).expect("a status serialises");
         write_durably(&self.dir, STATUS_FILE, &json)
     }
-}
-
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// The WAL files PostgreSQL has marked ready to archive (`pg_wal/archive_status/*.ready`),

@@ -250,7 +250,7 @@ fn note_status(
     own: &Result<bool, ClientError>,
     mut errors: Vec<String>,
 ) {
-    let now = spool::unix_now();
+    let now = crate::unix_now();
     let mut status = spool.status();
     if let Err(e) = own {
         errors.insert(0, e.to_string());

@@ -124,7 +124,7 @@ fn drain(
     td: &TestDir,
     label: &str,
     segments: &[PathBuf],
-    cmd: impl FnMut(&Path) -> Command,
+    mut cmd: impl FnMut(&Path) -> Command,
 ) -> Vec<Duration> {
     let pg_wal = td.mkdir_postgres(format!("drain-{label}/pg_wal"));
     let status = pg_wal.join("archive_status");
@@ -141,7 +141,6 @@ fn drain(
         chown_postgres(&ready);
         copies.push(copy);
     }
-    let mut cmd = cmd;
     let mut times = Vec::new();
     for c in &copies {
         let ready = status.join(format!(
