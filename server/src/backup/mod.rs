@@ -15,6 +15,7 @@
 pub mod files;
 pub mod label;
 pub mod props;
+mod room;
 mod session;
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ use walvault_proto::manifest::{block_count, block_len, hash_block, BlockHash};
 use walvault_proto::{Area, ClusterId, Lsn, RelPath, TimelineId, BLOCK_SIZE};
 
 use super::files::{self, Owner};
+use super::room::Room;
 use super::{label, BackupError, Backups, BeginRequest, Lease, Running};
 use crate::catalog::{BackupKind, BackupRecord, BackupStats, FileEntry, Ranges};
 use crate::layout::ClusterLayout;
@@ -22,11 +23,6 @@ const WAL_POLL: Duration = Duration::from_millis(200);
 /// Touched ranges are recorded in chunks of this many blocks (128 KiB): what a crash makes
 /// the next session re-hash, at most one chunk more per range than was written.
 const TOUCH_CHUNK: u64 = 16;
-/// At most this much of a run of consecutive blocks is written at once: one block. Runs of
-/// 128 KiB and 1 MiB were faster, but on zfs-fuse a large write that runs into the tenant's
-/// quota aborts the FUSE request (ECONNABORTED) and at times kills the daemon
-/// (`backup_bad_input.rs`'s quota test failed 1 in 4 at 128 KiB, passed 4 in 4 at 8 KiB).
-const RUN_BYTES: usize = 8 << 10;
 
 /// A block as it arrived.
 #[derive(Debug)]
@@ -83,6 +79,8 @@ pub struct Session {
     open: Option<OpenFile>,
     /// Files written and directories changed, fsynced before the snapshot.
     to_sync: BTreeSet<PathBuf>,
+    /// How large writes may be (see `room`).
+    room: Room,
 }
 
 impl Session {
@@ -109,6 +107,7 @@ impl Session {
             started: None,
             open: None,
             to_sync: BTreeSet::new(),
+            room: Room::default(),
         }
     }
 
@@ -316,7 +315,8 @@ impl Session {
         let mut count = 0u64;
         // Consecutive whole blocks go to disk in one write: zfs-fuse serves each write
         // request at a cost, so 8 KiB writes cost far more than large ones.
-        let mut run = Vec::with_capacity(RUN_BYTES);
+        let mut run_bytes = self.run_bytes();
+        let mut run = Vec::with_capacity(run_bytes.min(blocks.len() * BLOCK_SIZE as usize));
         let mut run_start = 0u64;
         for b in blocks {
             let data = if b.zstd {
@@ -357,9 +357,10 @@ impl Session {
             }
             let follows = run_start + (run.len() / BLOCK_SIZE as usize) as u64 == b.index
                 && run.len().is_multiple_of(BLOCK_SIZE as usize);
-            if !run.is_empty() && (!follows || run.len() >= RUN_BYTES) {
+            if !run.is_empty() && (!follows || run.len() >= run_bytes) {
                 self.write_run(open, run_start, &run)?;
                 run.clear();
+                run_bytes = self.run_bytes();
             }
             if run.is_empty() {
                 run_start = b.index;
@@ -380,9 +381,21 @@ impl Session {
         Ok(())
     }
 
+    /// The largest run to write next, from the room the tenant has left.
+    fn run_bytes(&mut self) -> usize {
+        let storage = self.backups.storage.as_ref();
+        let tenant = self.cluster.tenant();
+        self.room.run_bytes(Instant::now(), || {
+            crate::layout::tenant(tenant)
+                .and_then(|ds| storage.space(&ds))
+                .map(|s| s.available)
+        })
+    }
+
     /// Writes `data`, whole blocks from block `start` on (the last may be short), into the
     /// open file.
-    fn write_run(&self, open: &OpenFile, start: u64, data: &[u8]) -> Result<(), BackupError> {
+    fn write_run(&mut self, open: &OpenFile, start: u64, data: &[u8]) -> Result<(), BackupError> {
+        self.room.wrote(Instant::now(), data.len() as u64);
         open.file
             .write_all_at(data, start * u64::from(BLOCK_SIZE))
             .map_err(|source| {

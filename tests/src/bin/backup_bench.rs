@@ -28,7 +28,7 @@ use serde_json::Value;
 use walvault_tests::harness::backup::zfs_mutate;
 use walvault_tests::harness::bench::{
     cpu_model, dir_bytes, ensure_installed, meminfo_total, mib, peer_dataset, pgbench, timed,
-    zfs_get, Pgbackrest,
+    write_calls, zfs_get, Pgbackrest,
 };
 use walvault_tests::harness::wal::archive_conf;
 use walvault_tests::harness::{
@@ -110,16 +110,6 @@ impl Cpu {
             zfs: self.zfs - start.zfs,
         }
     }
-}
-
-/// `syscw` of `/proc/<pid>/io`: the write calls the process made (0 when unreadable).
-fn write_calls(pid: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("syscw:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The pid of the process whose command line contains every one of `parts`.
@@ -446,10 +436,10 @@ fn main() {
 
         println!("walvault {round} backup…");
         let cpu0 = Cpu::now(&server_pid, &zfs_pid);
-        let writes0 = write_calls(&server_pid);
+        let writes0 = write_calls(server_pid.parse().unwrap_or(0));
         let (info, secs) = walvault_backup(&log, &agent, &pg);
         let cpu = Cpu::now(&server_pid, &zfs_pid).since(cpu0);
-        let server_writes = write_calls(&server_pid).saturating_sub(writes0);
+        let server_writes = write_calls(server_pid.parse().unwrap_or(0)).saturating_sub(writes0);
         let used = settled_used(&log, &db_dataset);
         rows.push(Row {
             tool: "walvault",
