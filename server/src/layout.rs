@@ -53,9 +53,11 @@ pub mod backup_props {
 /// Property of a restore's dataset (`restores/<id>`): the catalog's record, as JSON.
 pub const RESTORE_PROPERTY: &str = "restore";
 
-/// Record size of PGDATA datasets: PostgreSQL's page size, so a changed page rewrites one
-/// record.
-pub const DATA_RECORDSIZE: u32 = 8 << 10;
+/// Record size of PGDATA datasets. On 4 KiB-sector pools an 8 KiB record (PostgreSQL's page)
+/// never stores below 4 KiB, capping compression at 2x; 32 KiB halves the footprint at no
+/// measured cost to replay (README). Applies to datasets created from now on; ZFS keeps each
+/// existing record as it was written.
+pub const DATA_RECORDSIZE: u32 = 32 << 10;
 /// Record size of the WAL archive: whole compressed files are written once and read whole.
 pub const WAL_RECORDSIZE: u32 = 1 << 20;
 

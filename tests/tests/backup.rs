@@ -3,6 +3,7 @@
 //! reading the archive; tablespaces in their own datasets; a killed client leaves nothing
 //! that claims to be a backup, and the next run sends only what is missing.
 
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use walvault_tests::harness::{
         backup_args, backup_ok, changed_blocks, list_backups, parse_info, BackupInfo, Deployment,
         Target, BLOCK, CLUSTER,
     },
-    bench::write_calls,
-    wait_until, Storage,
+    bench::{write_calls, zfs_get},
+    wait_until, Log, Storage,
 };
 
 const MIB: u64 = 1 << 20;
@@ -145,6 +146,10 @@ fn full_backup_under_load_restores_to_consistency_and_to_a_restore_point() {
         ] {
             assert!(snaps.contains(&want), "no snapshot {want}: {snaps:?}");
         }
+        // 32 KiB records: an 8 KiB one never stores below a 4 KiB sector (README).
+        let log = Log::new(PathBuf::from("/dev/null"));
+        let rs = zfs_get(&log, "recordsize", &format!("{db}/data"));
+        assert_eq!(rs, "32768", "recordsize of {db}/data");
     }
 
     // (a) As soon as it is consistent: every table reads.

@@ -17,8 +17,8 @@
 //! Run as root: `cargo build --release --workspace && cargo run --release -p walvault-tests
 //! --bin backup-bench [SCALE [TRANSACTIONS]]` (defaults 30 and 20000 per client, 2 clients).
 //! Bounded: every step has a deadline, and pools, PostgreSQL and the server are removed on
-//! the way out, failure included. The harness's pool is a 1 GiB sparse file, so SCALE is
-//! capped at 40.
+//! the way out, failure included. The harness's pool is a sparse file of 1 GiB (or
+//! `WALVAULT_TEST_POOL_GIB`), so SCALE is capped at 40 per GiB.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -32,7 +32,7 @@ use walvault_tests::harness::bench::{
 };
 use walvault_tests::harness::wal::archive_conf;
 use walvault_tests::harness::{
-    chmod, e2e_ready, run, Client, Log, Pg, Run, Storage, TestDir, Walvault, PG_USER,
+    chmod, e2e_ready, pool_gib, run, Client, Log, Pg, Run, Storage, TestDir, Walvault, PG_USER,
 };
 
 /// Why barman has no incremental row.
@@ -341,7 +341,7 @@ fn main() {
         .next()
         .and_then(|a| a.parse().ok())
         .unwrap_or(30)
-        .clamp(1, 40);
+        .clamp(1, 40 * u32::try_from(pool_gib()).unwrap_or(1));
     let txns: u32 = args
         .next()
         .and_then(|a| a.parse().ok())
@@ -582,10 +582,11 @@ fn main() {
         .map(|n| n.get())
         .unwrap_or(1);
     println!(
-        "\nmachine: {cores} cores ({}), {} RAM; zfs-fuse pool on a 1 GiB sparse file, \
+        "\nmachine: {cores} cores ({}), {} RAM; zfs-fuse pool on a {} GiB sparse file, \
          dataset compression {compression}",
         cpu_model(),
-        meminfo_total()
+        meminfo_total(),
+        pool_gib()
     );
     println!(
         "database: pgbench scale {scale}, pg_database_size {:.1} MiB, PGDATA (without pg_wal) \

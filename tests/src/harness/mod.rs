@@ -28,7 +28,7 @@ pub use command::{run, run_ok, Log, Run, NOT_ALLOWED};
 pub use pg::{Pg, PG_BIN};
 pub use server::{binary, Certs, Identity, Server, Walvault};
 pub use testdir::TestDir;
-pub use zpool::{Storage, Zpool};
+pub use zpool::{pool_gib, Storage, Zpool};
 
 /// The OS user PostgreSQL runs as (it refuses to run as root).
 pub const PG_USER: &str = "postgres";

@@ -80,7 +80,7 @@ pub struct Zpool {
 }
 
 /// The size of the pools the harness creates, in GiB.
-fn pool_gib() -> u64 {
+pub fn pool_gib() -> u64 {
     std::env::var("WALVAULT_TEST_POOL_GIB")
         .ok()
         .and_then(|g| g.parse().ok())
