@@ -25,6 +25,7 @@ use std::fs;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use walvault_proto::{ClusterId, TenantId, WalFileKind, WalFileName};
 
@@ -235,6 +236,42 @@ pub struct WalArchive {
     wal_dirs: Arc<Mutex<HashMap<ClusterId, PathBuf>>>,
     /// Each cluster's continuity ledger, kept current by push, remove and damage.
     pub(super) continuity: Arc<Continuity>,
+    /// Tenants' space as last read, so that pushes far from the quota do not each ask ZFS.
+    spaces: Arc<Mutex<HashMap<TenantId, KnownSpace>>>,
+}
+
+/// How long a reading of a tenant's space may stand in for ZFS.
+const SPACE_FRESH: Duration = Duration::from_secs(5);
+/// Nearer the quota (or a full pool) than this, every push reads the space from ZFS.
+const SPACE_SLACK: u64 = 256 << 20;
+
+/// A tenant's space as read from ZFS, and what pushes admitted on it since.
+#[derive(Debug, Clone, Copy)]
+struct KnownSpace {
+    read: Instant,
+    /// The quota in force when read: a reading is used only while the catalog's agrees, so
+    /// `tenant set-quota` takes effect on the next push.
+    quota: Option<u64>,
+    available: u64,
+    admitted: u64,
+}
+
+impl KnownSpace {
+    /// Admits `needed` bytes if the reading is fresh, made under `quota`, and leaves
+    /// [`SPACE_SLACK`] to spare after everything admitted on it.
+    fn admit(&mut self, now: Instant, quota: Option<u64>, needed: u64) -> bool {
+        let roomy = now.duration_since(self.read) < SPACE_FRESH
+            && quota == self.quota
+            && self
+                .available
+                .saturating_sub(self.admitted)
+                .saturating_sub(needed)
+                >= SPACE_SLACK;
+        if roomy {
+            self.admitted = self.admitted.saturating_add(needed);
+        }
+        roomy
+    }
 }
 
 impl WalArchive {
@@ -245,6 +282,7 @@ impl WalArchive {
             locks: Default::default(),
             wal_dirs: Default::default(),
             continuity: Arc::default(),
+            spaces: Arc::default(),
         }
     }
 
@@ -530,12 +568,26 @@ impl WalArchive {
         }
     }
 
+    /// Refuses a file that would take `tenant` past its quota. Far from the quota and the
+    /// pool's end, a reading of the space less than [`SPACE_FRESH`] old answers (a `zfs get`
+    /// goes through the machine-wide ZFS lock, which twenty pushers at once queue on); nearer,
+    /// every push reads it, as does the first push after `tenant set-quota`. ZFS accounts
+    /// writes late either way; it enforces the quota itself on every write.
     pub(super) fn check_quota(
         &self,
         tenant: &TenantId,
         name: &WalFileName,
         needed: u64,
     ) -> Result<(), ArchiveError> {
+        let spaces = || self.spaces.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(record) = self.catalog.tenant(tenant)? {
+            let admitted = spaces()
+                .get_mut(tenant)
+                .is_some_and(|k| k.admit(Instant::now(), record.quota, needed));
+            if admitted {
+                return Ok(());
+            }
+        }
         let space = layout::tenant(tenant)
             .and_then(|ds| self.storage.space(&ds))
             .map_err(|source| ArchiveError::TenantSpace {
@@ -553,6 +605,15 @@ impl WalArchive {
                 });
             }
         }
+        spaces().insert(
+            tenant.clone(),
+            KnownSpace {
+                read: Instant::now(),
+                quota: space.quota,
+                available: space.available,
+                admitted: needed,
+            },
+        );
         Ok(())
     }
 
@@ -736,5 +797,50 @@ impl WalArchive {
     pub fn list(&self, cluster: &ClusterId) -> Result<Vec<WalRecord>, ArchiveError> {
         self.cluster_record(cluster)?;
         Ok(self.catalog.wal_files(cluster)?)
+    }
+}
+
+#[cfg(test)]
+mod space_tests {
+    use super::*;
+
+    fn known(available: u64, quota: Option<u64>, read: Instant) -> KnownSpace {
+        KnownSpace {
+            read,
+            quota,
+            available,
+            admitted: 0,
+        }
+    }
+
+    #[test]
+    fn a_fresh_roomy_reading_admits_and_counts() {
+        let t = Instant::now();
+        let mut k = known(SPACE_SLACK + 100, Some(10 << 30), t);
+        assert!(k.admit(t, Some(10 << 30), 60));
+        assert_eq!(k.admitted, 60);
+        // What was admitted counts: 60 + 60 leaves less than the slack.
+        assert!(!k.admit(t, Some(10 << 30), 60));
+        assert!(k.admit(t, Some(10 << 30), 40));
+    }
+
+    #[test]
+    fn an_old_reading_or_a_changed_quota_goes_back_to_zfs() {
+        let t = Instant::now();
+        let mut k = known(10 << 30, Some(20 << 30), t);
+        assert!(!k.admit(t + SPACE_FRESH, Some(20 << 30), 1));
+        assert!(
+            !k.admit(t, Some(1 << 30), 1),
+            "set-quota must be seen at once"
+        );
+        assert!(!k.admit(t, None, 1));
+        assert_eq!(k.admitted, 0);
+    }
+
+    #[test]
+    fn near_the_end_every_push_reads() {
+        let t = Instant::now();
+        let mut k = known(SPACE_SLACK, None, t);
+        assert!(!k.admit(t, None, 1));
     }
 }
