@@ -128,12 +128,7 @@ impl pb::archive_server::Archive for ArchiveApi {
             // for it, and a planner finds any segment left unindexed anyway.
             let new_content = matches!(outcome, PushOutcome::Archived | PushOutcome::Repaired);
             if new_content && name.kind() == WalFileKind::Segment {
-                let index = self.domain.restores.time_index().clone();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = index.index_one(&cluster, &name) {
-                        tracing::warn!(cluster = %cluster, file = %name, "time index: {e}");
-                    }
-                });
+                self.domain.restores.time_index().index_soon(cluster, name);
             }
             Ok(Response::new(pb::PushWalResponse {
                 already_archived: outcome == PushOutcome::AlreadyArchived,

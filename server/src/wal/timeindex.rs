@@ -10,8 +10,14 @@
 //! does not understand) is kept with `unreadable` set and no commits, and reported; it never
 //! makes the rest of the cluster unplannable. A damaged file gets such an entry too, but not
 //! in the catalog: once repaired, it is read again.
+//!
+//! Pushes hand new segments to one background indexer through a bounded queue
+//! ([`TimeIndex::index_soon`]): reading a segment decompresses all of it, and a fleet pushing
+//! at once must not decode twenty segments at once (in memory and CPU) beside the pushes.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc::{sync_channel, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 
 use serde::{Deserialize, Serialize};
 use walvault_proto::{ClusterId, Lsn, TimelineId, WalFileKind, WalFileName};
@@ -132,15 +138,56 @@ pub struct ClusterIndex {
     pub histories: BTreeMap<TimelineId, Vec<HistoryEntry>>,
 }
 
+/// Segments waiting for the background indexer; past this, new ones are left to the planner.
+const INDEX_QUEUE: usize = 1024;
+
 #[derive(Debug, Clone)]
 pub struct TimeIndex {
     archive: WalArchive,
     catalog: Catalog,
+    /// The background indexer's queue, started by the first [`TimeIndex::index_soon`].
+    queue: Arc<OnceLock<SyncSender<(ClusterId, WalFileName)>>>,
 }
 
 impl TimeIndex {
     pub fn new(archive: WalArchive, catalog: Catalog) -> Self {
-        Self { archive, catalog }
+        Self {
+            archive,
+            catalog,
+            queue: Arc::default(),
+        }
+    }
+
+    /// Indexes a newly archived segment in the background, one segment at a time. Never
+    /// blocks: with the queue full the segment is left for the planner, which reads any
+    /// segment without an entry.
+    pub fn index_soon(&self, cluster: ClusterId, name: WalFileName) {
+        let queue = self.queue.get_or_init(|| {
+            let (tx, rx) = sync_channel::<(ClusterId, WalFileName)>(INDEX_QUEUE);
+            let worker = Self::new(self.archive.clone(), self.catalog.clone());
+            let started = std::thread::Builder::new()
+                .name("time-index".into())
+                .spawn(move || {
+                    for (cluster, name) in rx {
+                        if let Err(e) = worker.index_one(&cluster, &name) {
+                            tracing::warn!(%cluster, file = %name, "time index: {e}");
+                        }
+                    }
+                });
+            if let Err(e) = started {
+                tracing::warn!("time index: cannot start the background indexer: {e}");
+            }
+            tx
+        });
+        match queue.try_send((cluster, name)) {
+            Ok(()) => {}
+            Err(TrySendError::Full((cluster, name))) => {
+                tracing::debug!(%cluster, file = %name, "time index queue full: left to the planner");
+            }
+            Err(TrySendError::Disconnected((cluster, name))) => {
+                tracing::debug!(%cluster, file = %name, "no background indexer: left to the planner");
+            }
+        }
     }
 
     /// The whole index of a cluster, reading every segment not indexed yet. Blocking.
