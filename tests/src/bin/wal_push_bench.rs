@@ -5,23 +5,36 @@
 //! Then a backlog drain as PostgreSQL's archiver makes it (all segments `.ready`, one call per
 //! segment, oldest first): walvault with look-ahead (`push_ahead = 8`, 3 at once) against
 //! `pgbackrest archive-push --archive-async` (two processes), each into a fresh archive.
+//! Then a fleet: [`FLEET`] clusters in [`FLEET_TENANTS`] tenants (stanzas of one pgbackrest
+//! repository) each pushing [`FLEET_SEGMENTS`] segments one after the other, all at once,
+//! after a first segment each pushed the same way but not counted (walvault binds a cluster
+//! to its database system on its first segment, three `zfs set`s, as pgbackrest's
+//! `stanza-create` does beforehand); seg/s over the whole, latency percentiles, and the
+//! server's RSS at its peak and after the fleet has been idle for [`IDLE`].
 //!
 //! Run as root: `cargo build --release --workspace && cargo run --release -p walvault-tests
-//! --bin wal-push-bench [SEGMENTS]` (default 40). Bounded: it stops by itself.
+//! --bin wal-push-bench [SEGMENTS [fleet]]` (default 40; `fleet` runs only the fleet; the fleet, three interleaved rounds, needs a pool of 4 GiB or
+//! more, `WALVAULT_TEST_POOL_GIB=4`, and is skipped on a smaller one). Bounded: it stops by itself.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use walvault_tests::harness::bench::pgbackrest_conf;
+use walvault_tests::harness::bench::{pgbackrest_conf, rss_kib};
 use walvault_tests::harness::wal::local_archive_conf;
 use walvault_tests::harness::{
-    chown_postgres, e2e_ready, Client, Pg, Storage, TestDir, Walvault, PG_USER,
+    chmod, chown_postgres, e2e_ready, pool_gib, Client, Pg, Storage, TestDir, Walvault, PG_USER,
 };
 
 /// walvault's look-ahead in the drain: segments pushed ahead per call, and at once.
 const AHEAD: u32 = 8;
 const PARALLEL: u32 = 3;
+/// The fleet: clusters pushing at once, the tenants they belong to, segments each.
+const FLEET: usize = 20;
+const FLEET_TENANTS: usize = 4;
+const FLEET_SEGMENTS: usize = 5;
+/// How long the fleet is left idle before the server's RSS is read again.
+const IDLE: Duration = Duration::from_secs(10);
 
 struct Figures {
     label: String,
@@ -278,12 +291,259 @@ fn pgbackrest_with(
     })
 }
 
+/// Runs `FLEET` pushers at once, each its segments in order; every push's latency. A failed
+/// push panics with its output.
+fn fleet_run(
+    label: &str,
+    segments: &[PathBuf],
+    cmd: impl Fn(usize, &Path) -> Command + Sync,
+) -> (Vec<Duration>, Duration) {
+    let start = Instant::now();
+    let times = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..FLEET)
+            .map(|i| {
+                let cmd = &cmd;
+                s.spawn(move || time_pushes(&format!("{label} {i}"), segments, |p| cmd(i, p)))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("a pusher panicked"))
+            .collect::<Vec<_>>()
+    });
+    (times, start.elapsed())
+}
+
+struct FleetRow {
+    label: String,
+    times: Vec<Duration>,
+    wall: Duration,
+    /// The untimed first segments' wall time.
+    first: Duration,
+    /// Server RSS in MiB before, at the peak, after `IDLE`.
+    rss: Option<(u64, u64, u64)>,
+}
+
+impl FleetRow {
+    fn print(&self) {
+        let mut t = self.times.clone();
+        t.sort();
+        let n = t.len().max(1);
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let pct = |p: usize| ms(t[(n * p / 100).min(n - 1)]);
+        let rss = self
+            .rss
+            .map_or_else(|| "-".to_owned(), |(b, p, a)| format!("{b} / {p} / {a}"));
+        println!(
+            "{:<28} {:>4} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>9.2}   {rss}",
+            self.label,
+            t.len(),
+            t.len() as f64 / self.wall.as_secs_f64(),
+            pct(50),
+            pct(95),
+            pct(99),
+            self.first.as_secs_f64(),
+        );
+    }
+}
+
+/// Peak VmRSS (MiB) of `pid` sampled every 50 ms until `done`.
+fn sample_rss(pid: u32, done: &std::sync::atomic::AtomicBool) -> u64 {
+    let mut peak = 0;
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        peak = peak.max(rss_kib(pid).0 >> 10);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    peak.max(rss_kib(pid).0 >> 10)
+}
+
+fn walvault_fleet(wv: &Walvault, round: usize, segments: &[PathBuf]) -> FleetRow {
+    let agents: Vec<Client> = (0..FLEET)
+        .map(|i| {
+            let tenant = format!("fleet{round}x{}", i % FLEET_TENANTS);
+            if i < FLEET_TENANTS {
+                wv.tenant_create(&tenant, None);
+            }
+            let cluster = format!("{tenant}/db{i}");
+            wv.cluster_create(&cluster);
+            wv.agent_with(&cluster, "zstd").as_user(None)
+        })
+        .collect();
+    let (warm, segments) = segments.split_at(1);
+    let (_, first) = fleet_run("walvault first", warm, |i, p| {
+        agents[i].command(&["wal-push", &p.to_string_lossy()])
+    });
+    let pid = wv.server.pid().expect("the server runs");
+    let before = rss_kib(pid).0 >> 10;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (times, wall, peak) = std::thread::scope(|s| {
+        let sampler = s.spawn(|| sample_rss(pid, &done));
+        let (times, wall) = fleet_run("walvault", segments, |i, p| {
+            agents[i].command(&["wal-push", &p.to_string_lossy()])
+        });
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        (times, wall, sampler.join().expect("sampler"))
+    });
+    std::thread::sleep(IDLE);
+    let after = rss_kib(pid).0 >> 10;
+    FleetRow {
+        label: format!("walvault, {FLEET} clusters"),
+        times,
+        wall,
+        first,
+        rss: Some((before, peak, after)),
+    }
+}
+
+/// pgbackrest: one repository, a stanza per cluster (all of the same PostgreSQL, whose
+/// segments these are), `archive-push` synchronous as PostgreSQL would call it.
+fn pgbackrest_fleet(
+    td: &TestDir,
+    storage: &Storage,
+    pg: &Pg,
+    round: usize,
+    segments: &[PathBuf],
+) -> Option<FleetRow> {
+    if Command::new("pgbackrest").arg("version").output().is_err() {
+        return None;
+    }
+    let repo = match storage {
+        Storage::Zfs(pool) => pool.create_dataset(&format!("pgbackrest-fleet{round}")),
+        Storage::Dir(_) => td.mkdir(format!("pgbackrest-fleet{round}")),
+    };
+    chown_postgres(&repo);
+    let locks = td.mkdir_postgres(format!("pgbackrest-fleet{round}-locks"));
+    let mut text = format!(
+        "[global]\nrepo1-path={}\ncompress-type=zst\ncompress-level=1\narchive-check=n\n\
+         log-level-console=warn\nlog-level-file=off\nlock-path={}\nspool-path={}\n",
+        repo.display(),
+        locks.display(),
+        locks.display()
+    );
+    for i in 0..FLEET {
+        text.push_str(&format!(
+            "\n[s{i}]\npg1-path={}\npg1-port={}\npg1-socket-path={}\npg1-user=postgres\n",
+            pg.data_dir().display(),
+            pg.port(),
+            pg.socket_dir()
+        ));
+    }
+    let conf = td.join(format!("pgbackrest-fleet{round}.conf"));
+    std::fs::write(&conf, text).expect("write pgbackrest-fleet.conf");
+    chmod(&conf, 0o644);
+    let pgbr = |stanza: usize| {
+        let mut c = Command::new("runuser");
+        c.args(["-u", PG_USER, "--", "pgbackrest"])
+            .arg(format!("--config={}", conf.display()))
+            .arg(format!("--stanza=s{stanza}"));
+        c
+    };
+    for i in 0..FLEET {
+        let out = pgbr(i)
+            .arg("stanza-create")
+            .output()
+            .expect("run pgbackrest");
+        if !out.status.success() {
+            println!(
+                "(pgbackrest stanza-create s{i} failed: {})",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+    }
+    let push = |i: usize, p: &Path| {
+        let mut c = pgbr(i);
+        c.arg("archive-push").arg(p);
+        c
+    };
+    let (warm, segments) = segments.split_at(1);
+    let (_, first) = fleet_run("pgbackrest first", warm, push);
+    let (times, wall) = fleet_run("pgbackrest", segments, push);
+    Some(FleetRow {
+        label: format!("pgbackrest, {FLEET} stanzas"),
+        times,
+        wall,
+        first,
+        rss: None,
+    })
+}
+
+fn fleet(wv: &Walvault, td: &TestDir, storage: &Storage, pg: &Pg, segments: &[PathBuf]) {
+    let segments = &segments[..(FLEET_SEGMENTS + 1).min(segments.len())];
+    if segments.len() < 2 {
+        println!("\n(fleet skipped: it needs 2 segments or more)");
+        return;
+    }
+    if matches!(storage, Storage::Zfs(_)) && pool_gib() < 4 {
+        println!(
+            "\n(fleet skipped: {FLEET} x {} segments x 3 rounds need a pool of 4 GiB or more; set \
+             WALVAULT_TEST_POOL_GIB=4)",
+            segments.len()
+        );
+        return;
+    }
+    // Interleaved rounds, fresh clusters and stanzas each time.
+    let mut rows = Vec::new();
+    for round in 0..3 {
+        rows.push(walvault_fleet(wv, round, segments));
+        rows.extend(pgbackrest_fleet(td, storage, pg, round, segments));
+    }
+    println!(
+        "\nfleet: {FLEET} clusters in {FLEET_TENANTS} tenants, {} segments each, all at once, \
+         after a first one each (its wall time: `first s`)",
+        segments.len() - 1
+    );
+    println!(
+        "{:<28} {:>4} {:>8} {:>9} {:>9} {:>9} {:>9}   server RSS MiB: before / peak / after {}s idle",
+        "",
+        "n",
+        "seg/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "first s",
+        IDLE.as_secs()
+    );
+    for r in &rows {
+        r.print();
+    }
+    let median = |tool: &str, f: &dyn Fn(&FleetRow) -> f64| {
+        let mut v: Vec<f64> = rows
+            .iter()
+            .filter(|r| r.label.starts_with(tool))
+            .map(f)
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let rate = |r: &FleetRow| r.times.len() as f64 / r.wall.as_secs_f64();
+    let p99 = |r: &FleetRow| {
+        let mut t = r.times.clone();
+        t.sort();
+        t[(t.len() * 99 / 100).min(t.len() - 1)].as_secs_f64() * 1000.0
+    };
+    if let (Some(w), Some(b), Some(wp), Some(bp)) = (
+        median("walvault", &rate),
+        median("pgbackrest", &rate),
+        median("walvault", &p99),
+        median("pgbackrest", &p99),
+    ) {
+        println!(
+            "medians of 3: walvault {w:.2} seg/s (p99 {wp:.0} ms), pgbackrest {b:.2} seg/s \
+             (p99 {bp:.0} ms): {:.2}x the seg/s (goal >= 1.5), p99 {:.2}x (goal <= 1)",
+            w / b,
+            wp / bp
+        );
+    }
+}
+
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(40)
         .clamp(1, 200);
+    let only_fleet = std::env::args().nth(2).as_deref() == Some("fleet");
     if !e2e_ready() {
         std::process::exit(1);
     }
@@ -295,6 +555,11 @@ fn main() {
     wv.tenant_create("bench", None);
     println!("generating {n} real WAL segments with pgbench…");
     let (pg, segments) = make_segments(&td, n);
+    if only_fleet {
+        fleet(&wv, &td, &storage, &pg, &segments);
+        keep_server_log(&td);
+        return;
+    }
 
     let mut rows = vec![
         walvault(&wv, &storage, &segments, "zstd"),
@@ -320,10 +585,15 @@ fn main() {
     for r in &rows {
         r.print();
     }
-    // Kept for a look at the server's own timings (WALVAULT_LOG=walvault_server::wal=debug).
+    fleet(&wv, &td, &storage, &pg, &segments);
+    keep_server_log(&td);
+    drop(pg);
+}
+
+/// Kept for a look at the server's own timings (WALVAULT_LOG=walvault_server::wal=debug).
+fn keep_server_log(td: &TestDir) {
     let kept = std::env::temp_dir().join("wal-push-bench-server.log");
     if std::fs::copy(td.join("server.log"), &kept).is_ok() {
         println!("server log: {}", kept.display());
     }
-    drop(pg);
 }

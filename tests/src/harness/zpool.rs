@@ -188,7 +188,8 @@ impl Zpool {
     /// Runs a zfs/zpool command until it succeeds, retrying while zfs-fuse says "busy" (it
     /// keeps a dataset busy for about a second after its files are closed).
     fn retry_busy(&self, program: &str, args: &[&str]) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        // Minutes, not seconds: a benchmark's pool of hundreds of datasets stays busy longer.
+        let deadline = Instant::now() + Duration::from_secs(180);
         // The retries themselves would drown the log: only the outcome is logged.
         let quiet = Log::new(PathBuf::from("/dev/null"));
         let mut attempts = 0;
