@@ -83,13 +83,18 @@ fn full_backup_under_load_restores_to_consistency_and_to_a_restore_point() {
             (d.primary.psql("SELECT count(*) > 0 FROM pgbench_history") == "t").then_some(())
         });
         let started = Instant::now();
-        let writes_before = write_calls(d.wv.server.pid().expect("the server runs"));
+        // Write calls as the kernel counts them, not as the server reports them.
+        let server_writes = || {
+            let pid = d.wv.server.pid().expect("the server runs");
+            write_calls(pid).unwrap_or_else(|| panic!("cannot read /proc/{pid}/io"))
+        };
+        let writes_before = server_writes();
         let args = backup_args(&d.primary, &["--label", "under load"]);
         let run = d
             .agent
             .run(&args.iter().map(String::as_str).collect::<Vec<_>>());
         eprintln!("full backup under load took {:?}", started.elapsed());
-        let writes = write_calls(d.wv.server.pid().expect("the server runs")) - writes_before;
+        let writes = server_writes() - writes_before;
         stop.store(true, Ordering::SeqCst);
         (run, writes, load.join().expect("pgbench thread"))
     });

@@ -20,7 +20,7 @@ pub const SMALL_RUN: usize = walvault_proto::BLOCK_SIZE as usize;
 /// The largest run written in one call while there is room.
 pub const LARGE_RUN: usize = 1 << 20;
 /// Large runs only while at least this much is estimated to remain available.
-pub const HEADROOM: u64 = 256 << 20;
+pub const HEADROOM: u64 = crate::storage::WRITE_HEADROOM;
 /// Writes this recent may not show in a reading yet.
 pub const LAG: Duration = Duration::from_secs(30);
 /// The tenant's available space is read again after this much has been written...

@@ -96,6 +96,11 @@ pub struct DatasetOptions {
     pub quota: Option<u64>,
 }
 
+/// Nearer than this to a tenant's quota or the pool's end, writers go carefully: backups
+/// write single blocks (a large zfs-fuse write into the quota can kill the daemon) and each
+/// push reads the space from ZFS instead of a recent reading.
+pub const WRITE_HEADROOM: u64 = 256 << 20;
+
 /// Space accounting of a dataset and its descendants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Space {

@@ -243,7 +243,7 @@ pub struct WalArchive {
 /// How long a reading of a tenant's space may stand in for ZFS.
 const SPACE_FRESH: Duration = Duration::from_secs(5);
 /// Nearer the quota (or a full pool) than this, every push reads the space from ZFS.
-const SPACE_SLACK: u64 = 256 << 20;
+const SPACE_SLACK: u64 = crate::storage::WRITE_HEADROOM;
 
 /// A tenant's space as read from ZFS, and what pushes admitted on it since.
 #[derive(Debug, Clone, Copy)]

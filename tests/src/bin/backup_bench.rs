@@ -436,10 +436,12 @@ fn main() {
 
         println!("walvault {round} backup…");
         let cpu0 = Cpu::now(&server_pid, &zfs_pid);
-        let writes0 = write_calls(server_pid.parse().unwrap_or(0));
+        let writes0 = write_calls(server_pid.parse().unwrap_or(0)).unwrap_or(0);
         let (info, secs) = walvault_backup(&log, &agent, &pg);
         let cpu = Cpu::now(&server_pid, &zfs_pid).since(cpu0);
-        let server_writes = write_calls(server_pid.parse().unwrap_or(0)).saturating_sub(writes0);
+        let server_writes = write_calls(server_pid.parse().unwrap_or(0))
+            .unwrap_or(0)
+            .saturating_sub(writes0);
         let used = settled_used(&log, &db_dataset);
         rows.push(Row {
             tool: "walvault",

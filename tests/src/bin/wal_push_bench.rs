@@ -325,23 +325,31 @@ struct FleetRow {
 }
 
 impl FleetRow {
-    fn print(&self) {
+    fn rate(&self) -> f64 {
+        self.times.len() as f64 / self.wall.as_secs_f64()
+    }
+
+    /// The `p`th percentile of the push times, in ms.
+    fn percentile(&self, p: usize) -> f64 {
         let mut t = self.times.clone();
         t.sort();
         let n = t.len().max(1);
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-        let pct = |p: usize| ms(t[(n * p / 100).min(n - 1)]);
+        t.get((n * p / 100).min(n - 1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    }
+
+    fn print(&self) {
         let rss = self
             .rss
             .map_or_else(|| "-".to_owned(), |(b, p, a)| format!("{b} / {p} / {a}"));
         println!(
             "{:<28} {:>4} {:>8.2} {:>9.1} {:>9.1} {:>9.1} {:>9.2}   {rss}",
             self.label,
-            t.len(),
-            t.len() as f64 / self.wall.as_secs_f64(),
-            pct(50),
-            pct(95),
-            pct(99),
+            self.times.len(),
+            self.rate(),
+            self.percentile(50),
+            self.percentile(95),
+            self.percentile(99),
             self.first.as_secs_f64(),
         );
     }
@@ -516,12 +524,8 @@ fn fleet(wv: &Walvault, td: &TestDir, storage: &Storage, pg: &Pg, segments: &[Pa
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     };
-    let rate = |r: &FleetRow| r.times.len() as f64 / r.wall.as_secs_f64();
-    let p99 = |r: &FleetRow| {
-        let mut t = r.times.clone();
-        t.sort();
-        t[(t.len() * 99 / 100).min(t.len() - 1)].as_secs_f64() * 1000.0
-    };
+    let rate = |r: &FleetRow| r.rate();
+    let p99 = |r: &FleetRow| r.percentile(99);
     if let (Some(w), Some(b), Some(wp), Some(bp)) = (
         median("walvault", &rate),
         median("pgbackrest", &rate),

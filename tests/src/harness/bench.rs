@@ -71,14 +71,13 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// `syscw` of `/proc/<pid>/io`: the write calls the process made (0 when unreadable).
-pub fn write_calls(pid: u32) -> u64 {
+/// `syscw` of `/proc/<pid>/io`: the write calls the process made; `None` when unreadable.
+pub fn write_calls(pid: u32) -> Option<u64> {
     std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .unwrap_or_default()
+        .ok()?
         .lines()
         .find_map(|l| l.strip_prefix("syscw:"))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
 }
 
 /// The machine's memory, for reports.
