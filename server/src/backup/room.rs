@@ -9,18 +9,18 @@
 //!
 //! ZFS accounts a write only when its transaction group syncs (every few seconds, 30 at most
 //! on old releases), so the estimate takes every byte this session wrote since [`LAG`] before
-//! the reading as not yet accounted. [`HEADROOM`] covers other writers of the tenant (WAL
+//! the reading as not yet accounted. [`WRITE_HEADROOM`] covers other writers of the tenant (WAL
 //! pushes, other clusters' backups) meanwhile.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::storage::WRITE_HEADROOM;
+
 /// A single block: what is written near the end of the tenant's room.
 pub const SMALL_RUN: usize = walvault_proto::BLOCK_SIZE as usize;
 /// The largest run written in one call while there is room.
 pub const LARGE_RUN: usize = 1 << 20;
-/// Large runs only while at least this much is estimated to remain available.
-pub const HEADROOM: u64 = crate::storage::WRITE_HEADROOM;
 /// Writes this recent may not show in a reading yet.
 pub const LAG: Duration = Duration::from_secs(30);
 /// The tenant's available space is read again after this much has been written...
@@ -69,7 +69,7 @@ impl Room {
             .reading
             .map_or(0, |(available, _)| available)
             .saturating_sub(unaccounted);
-        if estimate >= HEADROOM {
+        if estimate >= WRITE_HEADROOM {
             LARGE_RUN
         } else {
             SMALL_RUN
@@ -121,7 +121,7 @@ mod tests {
     fn little_room_gives_single_blocks() {
         let t = Instant::now();
         let mut r = Room::default();
-        assert_eq!(r.run_bytes(t, ok(HEADROOM - 1)), SMALL_RUN);
+        assert_eq!(r.run_bytes(t, ok(WRITE_HEADROOM - 1)), SMALL_RUN);
         assert_eq!(r.run_bytes(t + REREAD_AFTER, ok(0)), SMALL_RUN);
     }
 
@@ -137,7 +137,7 @@ mod tests {
     fn recent_writes_count_against_the_room_until_they_are_old() {
         let t = Instant::now();
         let mut r = Room::default();
-        let start = HEADROOM + 2 * REREAD_BYTES;
+        let start = WRITE_HEADROOM + 2 * REREAD_BYTES;
         assert_eq!(r.run_bytes(t, ok(start)), LARGE_RUN);
         r.wrote(t, REREAD_BYTES);
         // ZFS has not accounted it: the reading is unchanged, the window still counts.
@@ -153,7 +153,7 @@ mod tests {
     fn the_estimate_shrinks_between_readings() {
         let t = Instant::now();
         let mut r = Room::default();
-        assert_eq!(r.run_bytes(t, ok(HEADROOM + 10)), LARGE_RUN);
+        assert_eq!(r.run_bytes(t, ok(WRITE_HEADROOM + 10)), LARGE_RUN);
         r.wrote(t, 11);
         assert_eq!(r.run_bytes(t, unread()), SMALL_RUN);
     }

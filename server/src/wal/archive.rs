@@ -37,6 +37,7 @@ use crate::catalog::{
     Catalog, CatalogError, ClusterBinding, ClusterRecord, DamageRecord, WalRecord,
 };
 use crate::layout::{self, cluster_props, ClusterLayout, INCOMING_DIR, STORED_EXT};
+use crate::storage::WRITE_HEADROOM;
 use crate::storage::{Space, Storage, StorageError};
 use crate::{human_bytes, unix_now};
 
@@ -242,8 +243,6 @@ pub struct WalArchive {
 
 /// How long a reading of a tenant's space may stand in for ZFS.
 const SPACE_FRESH: Duration = Duration::from_secs(5);
-/// Nearer the quota (or a full pool) than this, every push reads the space from ZFS.
-const SPACE_SLACK: u64 = crate::storage::WRITE_HEADROOM;
 
 /// A tenant's space as read from ZFS, and what pushes admitted on it since.
 #[derive(Debug, Clone, Copy)]
@@ -258,7 +257,7 @@ struct KnownSpace {
 
 impl KnownSpace {
     /// Admits `needed` bytes if the reading is fresh, made under `quota`, and leaves
-    /// [`SPACE_SLACK`] to spare after everything admitted on it.
+    /// [`WRITE_HEADROOM`] to spare after everything admitted on it.
     fn admit(&mut self, now: Instant, quota: Option<u64>, needed: u64) -> bool {
         let roomy = now.duration_since(self.read) < SPACE_FRESH
             && quota == self.quota
@@ -266,7 +265,7 @@ impl KnownSpace {
                 .available
                 .saturating_sub(self.admitted)
                 .saturating_sub(needed)
-                >= SPACE_SLACK;
+                >= WRITE_HEADROOM;
         if roomy {
             self.admitted = self.admitted.saturating_add(needed);
         }
@@ -816,7 +815,7 @@ mod space_tests {
     #[test]
     fn a_fresh_roomy_reading_admits_and_counts() {
         let t = Instant::now();
-        let mut k = known(SPACE_SLACK + 100, Some(10 << 30), t);
+        let mut k = known(WRITE_HEADROOM + 100, Some(10 << 30), t);
         assert!(k.admit(t, Some(10 << 30), 60));
         assert_eq!(k.admitted, 60);
         // What was admitted counts: 60 + 60 leaves less than the slack.
@@ -840,7 +839,7 @@ mod space_tests {
     #[test]
     fn near_the_end_every_push_reads() {
         let t = Instant::now();
-        let mut k = known(SPACE_SLACK, None, t);
+        let mut k = known(WRITE_HEADROOM, None, t);
         assert!(!k.admit(t, None, 1));
     }
 }

@@ -524,7 +524,7 @@ fn fleet(wv: &Walvault, td: &TestDir, storage: &Storage, pg: &Pg, segments: &[Pa
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied()
     };
-    let rate = |r: &FleetRow| r.rate();
+    let rate = FleetRow::rate;
     let p99 = |r: &FleetRow| r.percentile(99);
     if let (Some(w), Some(b), Some(wp), Some(bp)) = (
         median("walvault", &rate),
