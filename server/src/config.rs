@@ -75,6 +75,7 @@ struct RawRestore {
     shared_buffers: Option<String>,
     settings: Option<std::collections::BTreeMap<String, String>>,
     prefetch: Option<bool>,
+    wal_ahead: Option<u32>,
 }
 
 fn default_pg_user() -> String {
@@ -275,6 +276,9 @@ pub struct RestoreConfig {
     pub settings: Vec<(String, String)>,
     /// Read the blocks recovery will need ahead of it (see `restore::prefetch`).
     pub prefetch: bool,
+    /// Segments unpacked ahead of recovery beside its local `pg_wal` (see
+    /// `restore::wal_ahead`); 0, or no `local_wal_dir`: each one when PostgreSQL asks.
+    pub wal_ahead: u32,
 }
 
 impl Default for RestoreConfig {
@@ -290,6 +294,7 @@ impl Default for RestoreConfig {
             settings: Vec::new(),
             // Off: measured on zfs-fuse, it did not make replay faster (see restore::prefetch).
             prefetch: false,
+            wal_ahead: 4,
         }
     }
 }
@@ -393,6 +398,15 @@ fn parse_restore(raw: RawRestore) -> Result<RestoreConfig, String> {
     }
     if let Some(p) = raw.prefetch {
         c.prefetch = p;
+    }
+    if let Some(n) = raw.wal_ahead {
+        if n > 64 {
+            return Err(format!(
+                "restore.wal_ahead = {n}: at most 64 segments (each one takes a segment's size \
+                 on the local disk)"
+            ));
+        }
+        c.wal_ahead = n;
     }
     for (name, value) in raw.settings.unwrap_or_default() {
         if let Some(why) = crate::pg::conf::refused_setting(&name) {
@@ -648,6 +662,10 @@ dataset = "tank/walvault"
             (
                 format!("{GOOD}\n[restore]\npg_bin = \"bin\"\n"),
                 "restore.pg_bin",
+            ),
+            (
+                format!("{GOOD}\n[restore]\nwal_ahead = 1000\n"),
+                "restore.wal_ahead = 1000: at most 64",
             ),
             (
                 format!("{GOOD}\n[restore.settings]\nrecovery_target = \"immediate\"\n"),

@@ -48,6 +48,9 @@ enum Command {
         /// A segment up to this one that the archive lacks is a failure (200), not a miss.
         #[arg(long, value_name = "SEGMENT")]
         require_through: Option<String>,
+        /// Take the file from this directory of segments unpacked ahead, when it is there.
+        #[arg(long, value_name = "DIR")]
+        ahead: Option<PathBuf>,
         /// The cluster's WAL directory.
         dir: PathBuf,
         /// The file name (%f).
@@ -235,6 +238,7 @@ fn main() -> ExitCode {
         Command::Init(a) => init(a),
         Command::WalUnpack {
             require_through,
+            ahead,
             dir,
             name,
             dest,
@@ -248,6 +252,17 @@ fn main() -> ExitCode {
                 Ok(t) => t,
                 Err(e) => return fatal(format!("--require-through: {e}")),
             };
+            if let Some(ahead) = ahead {
+                match walvault_server::restore::wal_ahead::take(&ahead, &name, &dest) {
+                    Ok(true) => return ExitCode::SUCCESS,
+                    Ok(false) => {}
+                    // Only a shortcut: the archive still has the file.
+                    Err(e) => eprintln!(
+                        "walvault-server wal-unpack: {name} from {}: {e}; unpacking it instead",
+                        ahead.display()
+                    ),
+                }
+            }
             return match unpack(&dir, &name, &dest, through.as_ref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(UnpackError::Missing) => ExitCode::from(1),

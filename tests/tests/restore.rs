@@ -93,6 +93,26 @@ fn time_target_both_deliveries() {
         at_t,
         "the instance restored to T differs from the source at T"
     );
+    // Its segments were unpacked ahead of recovery beside its local pg_wal, and that
+    // directory is gone once recovery is over.
+    let log = lab.d.wv.server.log_text();
+    let staged = log
+        .lines()
+        .find(|l| l.contains("unpacked segments ahead of recovery") && l.contains(&inst.info.id))
+        .unwrap_or_else(|| panic!("no segments unpacked ahead for {}:\n{log}", inst.info.id));
+    assert!(
+        !staged.contains("segments=0 "),
+        "nothing was unpacked ahead: {staged}"
+    );
+    let local_wal = lab.td().join("local-wal");
+    let leftovers: Vec<_> = walkdir_names(&local_wal)
+        .into_iter()
+        .filter(|p| p.contains("walvault.ahead"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "unpacked segments left after recovery: {leftovers:?}"
+    );
 
     let listed = lab.restores();
     let entry = listed
@@ -519,4 +539,19 @@ fn two_tablespaces_remapped() {
             dir.display()
         );
     }
+}
+
+/// Every path under `dir`, as text (empty when it does not exist).
+fn walkdir_names(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            out.push(e.path().display().to_string());
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                todo.push(e.path());
+            }
+        }
+    }
+    out
 }

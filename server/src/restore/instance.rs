@@ -12,7 +12,7 @@
 //! the plan must reach; falling short fails the restore and destroys the clone.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use walvault_proto::Lsn;
@@ -64,12 +64,16 @@ pub fn stop_leftover(
 pub(crate) fn restore_command(
     restores: &Restores,
     planned: &Planned,
+    wal_ahead: Option<&Path>,
 ) -> Result<String, RestoreError> {
     let exe =
         crate::process::own_binary().map_err(RestoreError::io("find walvault-server's binary"))?;
     let wal = restores.archive().wal_dir_path(&planned.cluster)?;
+    let ahead = wal_ahead
+        .map(|d| format!(" --ahead {}", shell_quote(&d.display().to_string())))
+        .unwrap_or_default();
     Ok(format!(
-        "{} wal-unpack --require-through {} {} %f %p",
+        "{} wal-unpack --require-through {}{ahead} {} %f %p",
         shell_quote(&exe.display().to_string()),
         planned.through_name(),
         shell_quote(&wal.display().to_string())
@@ -142,8 +146,9 @@ pub fn start(
         let data = c.data_dir(restores.storage())?;
         let dirs = c.point_tablespaces_home(restores.storage())?;
         let cfg = restores.config();
-        if let Some(dir) = cfg.local_wal(&format!("{}-{id}", planned.cluster)) {
-            pg::localwal::move_out(&data, &dir, Owner::lookup(restores.pg_user())).map_err(
+        let local_wal = cfg.local_wal(&format!("{}-{id}", planned.cluster));
+        if let Some(dir) = &local_wal {
+            pg::localwal::move_out(&data, dir, Owner::lookup(restores.pg_user())).map_err(
                 RestoreError::io(format!(
                     "move pg_wal of {} to {}",
                     data.display(),
@@ -151,6 +156,7 @@ pub fn start(
                 )),
             )?;
         }
+        let wal_ahead = restores.wal_ahead_dir(local_wal.as_deref());
         let port = pg::free_port(&cfg.listen_address, cfg.ports, &restores.ports_taken()).ok_or(
             RestoreError::NoPort {
                 id: id.clone(),
@@ -187,7 +193,7 @@ pub fn start(
         }
         settings.push((
             "restore_command".into(),
-            restore_command(restores, planned)?,
+            restore_command(restores, planned, wal_ahead.as_deref())?,
         ));
         settings.extend(cfg.tuning(planned.pg_major));
         pg::prepare(&spec, &id, &settings, "recovery.signal").map_err(|e| fail(e.to_string()))?;
@@ -201,6 +207,7 @@ pub fn start(
                 data: data.clone(),
                 tablespaces: dirs.clone(),
             },
+            wal_ahead.as_deref(),
             &format!("restore {id}"),
         );
         let instance = Instance::start(&bins, spec).map_err(|e| fail(e.to_string()))?;

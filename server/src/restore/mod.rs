@@ -16,8 +16,10 @@ pub mod deliver;
 pub mod instance;
 pub mod plan;
 pub mod prefetch;
+pub mod wal_ahead;
 
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -143,6 +145,13 @@ pub struct Planned {
     pub action: Action,
     /// No target: recover to the end of the archive.
     pub latest: bool,
+}
+
+/// What runs beside one recovery ([`Restores::read_ahead`]); stopped when dropped.
+#[derive(Debug)]
+pub(crate) struct ReplayAhead {
+    _wal: Option<wal_ahead::WalAhead>,
+    _blocks: Option<prefetch::Prefetch>,
 }
 
 #[derive(Debug, Clone)]
@@ -639,17 +648,25 @@ impl Restores {
         &self.config
     }
 
-    /// Reads ahead of PostgreSQL's recovery of `planned` on the copy in `dirs` (unless
-    /// `restore.prefetch` is off); stopped when dropped.
+    /// Where segments are unpacked ahead of recovery for a clone whose `pg_wal` is the local
+    /// directory `local_wal` (`None`: not at all, with `pg_wal` in the clone or
+    /// `restore.wal_ahead = 0`).
+    pub(crate) fn wal_ahead_dir(&self, local_wal: Option<&Path>) -> Option<PathBuf> {
+        local_wal
+            .filter(|_| self.config.wal_ahead > 0)
+            .map(wal_ahead::dir)
+    }
+
+    /// Runs ahead of PostgreSQL's recovery of `planned` on the copy in `dirs`: reads the
+    /// blocks it will need (`restore.prefetch`) and unpacks its segments into `wal_ahead`
+    /// (from [`Restores::wal_ahead_dir`]); both stop when the result is dropped.
     pub(crate) fn read_ahead(
         &self,
         planned: &Planned,
         dirs: prefetch::CopyDirs,
+        wal_ahead: Option<&Path>,
         label: &str,
-    ) -> Option<prefetch::Prefetch> {
-        if !self.config.prefetch {
-            return None;
-        }
+    ) -> ReplayAhead {
         let seg = u64::from(planned.segment_size);
         let b = &planned.plan.backup;
         let ahead = prefetch::Ahead {
@@ -659,12 +676,24 @@ impl Restores {
             segment_size: planned.segment_size,
             pg_major: planned.pg_major,
         };
-        Some(prefetch::Prefetch::start(
-            self.archive.clone(),
-            ahead,
-            dirs,
-            label,
-        ))
+        let wal = wal_ahead.and_then(|dir| {
+            wal_ahead::WalAhead::start(
+                self.archive.clone(),
+                ahead.clone(),
+                dir.to_owned(),
+                crate::backup::files::Owner::lookup(&self.pg_user),
+                self.config.wal_ahead as usize,
+                label,
+            )
+        });
+        let blocks = self
+            .config
+            .prefetch
+            .then(|| prefetch::Prefetch::start(self.archive.clone(), ahead, dirs, label));
+        ReplayAhead {
+            _wal: wal,
+            _blocks: blocks,
+        }
     }
 
     pub(crate) fn pg_user(&self) -> &str {

@@ -164,17 +164,23 @@ fn run(archive: &WalArchive, ahead: &Ahead, dirs: &CopyDirs, stop: &AtomicBool) 
     stats
 }
 
-/// The plain bytes of segment `segno`: from the newest timeline of the plan that has it.
+/// The plain bytes of segment `segno`, as [`planned_segment`] names it.
 fn segment(archive: &WalArchive, ahead: &Ahead, segno: u64) -> Option<Vec<u8>> {
     let dir = archive.wal_dir_path(&ahead.cluster).ok()?;
+    let name = planned_segment(&dir, ahead, segno)?;
+    archive.read_plain(&ahead.cluster, &name).ok()
+}
+
+/// The file recovery of `ahead` reads for segment `segno`, as PostgreSQL picks it: on the
+/// newest timeline of the plan that the archive directory `dir` has it on. Only files that
+/// are there: asking the archive for a missing one would record it as damage.
+pub(crate) fn planned_segment(dir: &Path, ahead: &Ahead, segno: u64) -> Option<WalFileName> {
     let (low, high) = (ahead.from.0 .0, ahead.through.0 .0);
     (low..=high).rev().find_map(|tl| {
         let name = WalFileName::segment(TimelineId(tl), segno, ahead.segment_size);
-        // Only files that are there: asking for a missing one would record it as damage.
-        dir.join(format!("{name}.zst"))
+        dir.join(format!("{name}{}", crate::layout::STORED_EXT))
             .exists()
-            .then(|| archive.read_plain(&ahead.cluster, &name).ok())
-            .flatten()
+            .then_some(name)
     })
 }
 

@@ -488,13 +488,14 @@ impl RollForward {
             superuser: self.restore_config.superuser.clone(),
         };
         let result = (|| {
-            if let Some(dir) = self
+            let local_wal = self
                 .restore_config
-                .local_wal(&format!("{cluster}-rollforward-{}", chain.base))
-            {
-                pg::localwal::move_out(&data, &dir, self.owner())
+                .local_wal(&format!("{cluster}-rollforward-{}", chain.base));
+            if let Some(dir) = &local_wal {
+                pg::localwal::move_out(&data, dir, self.owner())
                     .map_err(|e| fail(format!("move pg_wal to {}: {e}", dir.display())))?;
             }
+            let wal_ahead = self.restores.wal_ahead_dir(local_wal.as_deref());
             crate::restore::clone::point_tablespaces(&data, &tablespaces).map_err(|e| {
                 fail(format!(
                     "point the tablespaces of {} at the chain: {e}",
@@ -505,7 +506,7 @@ impl RollForward {
                 &spec,
                 &format!("roll-forward of {cluster}"),
                 &[
-                    self.settings(planned, stop_before)?,
+                    self.settings(planned, stop_before, wal_ahead.as_deref())?,
                     self.restore_config.tuning(planned.pg_major),
                 ]
                 .concat(),
@@ -518,6 +519,7 @@ impl RollForward {
                     data: data.clone(),
                     tablespaces: tablespaces.clone(),
                 },
+                wal_ahead.as_deref(),
                 &format!("roll-forward of {cluster}"),
             );
             let instance = Instance::start(&bins, spec.clone()).map_err(|e| fail(e.to_string()))?;
@@ -678,9 +680,11 @@ impl RollForward {
         &self,
         planned: &Planned,
         stop_before: Option<&TablespaceCreation>,
+        wal_ahead: Option<&std::path::Path>,
     ) -> Result<Vec<(String, String)>, RollForwardError> {
-        let restore_command = crate::restore::instance::restore_command(&self.restores, planned)
-            .map_err(Self::restore_err(&planned.cluster))?;
+        let restore_command =
+            crate::restore::instance::restore_command(&self.restores, planned, wal_ahead)
+                .map_err(Self::restore_err(&planned.cluster))?;
         let stop = stop_before.map(|c| {
             [
                 ("recovery_target_lsn".to_owned(), c.lsn.to_string()),

@@ -279,25 +279,31 @@ impl Verifier {
             os_user: self.restores.pg_user().to_owned(),
             superuser: cfg.superuser.clone(),
         };
-        if let Some(dir) = cfg.local_wal(&format!(
+        let local_wal = cfg.local_wal(&format!(
             "{}-verify-{}",
             planned.cluster, planned.plan.backup.id
-        )) {
+        ));
+        if let Some(dir) = &local_wal {
             pg::localwal::move_out(
                 &data,
-                &dir,
+                dir,
                 crate::backup::files::Owner::lookup(self.restores.pg_user()),
             )
             .map_err(|e| format!("move pg_wal of the clone to {}: {e}", dir.display()))?;
         }
+        let wal_ahead = self.restores.wal_ahead_dir(local_wal.as_deref());
         let mut settings = planned.plan.settings.clone();
         settings.extend(cfg.tuning(planned.pg_major));
         // A throwaway copy: its fsyncs would only cost zfs-fuse requests.
         settings.push(("fsync".into(), "off".into()));
         settings.push((
             "restore_command".into(),
-            crate::restore::instance::restore_command(&self.restores, planned)
-                .map_err(|e| e.to_string())?,
+            crate::restore::instance::restore_command(
+                &self.restores,
+                planned,
+                wal_ahead.as_deref(),
+            )
+            .map_err(|e| e.to_string())?,
         ));
         pg::prepare(
             &spec,
@@ -312,6 +318,7 @@ impl Verifier {
                 data: data.clone(),
                 tablespaces: dirs.clone(),
             },
+            wal_ahead.as_deref(),
             &format!("verification of {}", planned.plan.backup.id),
         );
         let instance = Instance::start(&bins, spec).map_err(|e| e.to_string())?;

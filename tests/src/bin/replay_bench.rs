@@ -219,11 +219,12 @@ fn print_milestones(what: &str, log: &str) {
             "redo done",
             "selected new timeline",
             "ready to accept",
+            "restored log file",
         ]
         .iter()
         .any(|k| l.contains(k))
     }) {
-        println!("  {what}: {}", l.chars().take(120).collect::<String>());
+        println!("  {what}: {}", l.chars().take(160).collect::<String>());
     }
 }
 
