@@ -93,6 +93,14 @@ fn time_target_both_deliveries() {
         at_t,
         "the instance restored to T differs from the source at T"
     );
+    // Promoted from the pause by the promotion itself, which writes only an end-of-recovery
+    // record, not by lifting the pause, which ends recovery with an immediate checkpoint.
+    let pg_log = inst.psql("SELECT pg_read_file('walvault-restore.log')");
+    assert!(
+        pg_log.contains("received promote request")
+            && !pg_log.contains("end-of-recovery immediate"),
+        "the instance left the pause without the promotion:\n{pg_log}"
+    );
     // Its segments were unpacked ahead of recovery beside its local pg_wal, and that
     // directory is gone once recovery is over.
     let log = lab.d.wv.server.log_text();
