@@ -54,11 +54,7 @@ pub fn point(name: &str) {
         return;
     }
     tracing::warn!(point = name, "fault point reached: SIGKILL");
-    // kill(1) rather than libc: no unsafe code for a test hook.
-    let pid = std::process::id().to_string();
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &pid])
-        .status();
+    crate::process::signal(std::process::id(), "-KILL");
     // The signal is on its way; never go on past the point.
     loop {
         std::thread::sleep(std::time::Duration::from_secs(1));

@@ -97,6 +97,17 @@ pub fn run_stdout(cmd: &mut Command) -> Result<String, ProcessError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Sends `sig` (a kill(1) option such as `-STOP`) to process `pid`; whether it was sent.
+/// kill(1) rather than libc: no unsafe code for a signal.
+pub fn signal(pid: u32, sig: &str) -> bool {
+    Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The path of this program, for the commands it hands to PostgreSQL (`restore_command`).
 /// When the binary was replaced while the server runs (a package upgrade), Linux names the
 /// running one "`<path> (deleted)`"; the commands then use the new binary at `<path>`.

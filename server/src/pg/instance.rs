@@ -697,7 +697,7 @@ impl Instance {
 /// goes on (SIGCONT) when this is dropped, and after [`FROZEN_AT_MOST`] in any case: while
 /// stopped it might hold a spinlock the two calls need, and then they wait for it.
 struct Frozen {
-    pid: String,
+    pid: u32,
 }
 
 /// The longest the startup process stays stopped, whatever the calls do.
@@ -707,13 +707,10 @@ impl Frozen {
     /// `None` when the signal cannot be sent (the server is not root, the process is gone):
     /// the promotion is then only slower in the rare case.
     fn stop(pid: u32) -> Option<Self> {
-        let pid = pid.to_string();
-        // kill(1) rather than libc: no unsafe code for this.
-        signal(&pid, "-STOP").then(|| {
-            let later = pid.clone();
+        process::signal(pid, "-STOP").then(|| {
             std::thread::spawn(move || {
                 std::thread::sleep(FROZEN_AT_MOST);
-                signal(&later, "-CONT");
+                process::signal(pid, "-CONT");
             });
             Self { pid }
         })
@@ -722,18 +719,13 @@ impl Frozen {
 
 impl Drop for Frozen {
     fn drop(&mut self) {
-        if !signal(&self.pid, "-CONT") {
-            tracing::warn!(pid = %self.pid, "could not resume the startup process; it resumes in {FROZEN_AT_MOST:?}");
+        if !process::signal(self.pid, "-CONT") {
+            tracing::warn!(
+                pid = self.pid,
+                "could not resume the startup process; it resumes in {FROZEN_AT_MOST:?}"
+            );
         }
     }
-}
-
-fn signal(pid: &str, sig: &str) -> bool {
-    std::process::Command::new("kill")
-        .args([sig, pid])
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 #[cfg(test)]

@@ -60,7 +60,8 @@ pub fn take(dir: &Path, name: &str, dest: &Path) -> std::io::Result<bool> {
         let Some(staged) = staged.to_str().and_then(|s| s.parse::<WalFileName>().ok()) else {
             continue;
         };
-        if staged.kind() == WalFileKind::Segment && staged.as_str()[8..] < wanted.as_str()[8..] {
+        // Before the one asked for: recovery has passed it.
+        if staged.kind() == WalFileKind::Segment && !wanted.is_needed_through(&staged) {
             let _ = fs::remove_file(entry.path());
         }
     }
