@@ -11,6 +11,8 @@ pub const POINTS: &[&str] = &[
     "push-after-link",
     // `restore::instance::start`: PostgreSQL started on the clone, recovery under way.
     "instance-recovering",
+    // `Instance::promote`: the instance's startup process stopped (SIGSTOP) for a moment.
+    "instance-promote-frozen",
     // `RollForward::run`: the chain's standby started, replay under way.
     "rollforward-replaying",
     // `RollForward::run`: the snapshot taken, not yet catalogued.

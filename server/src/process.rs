@@ -108,6 +108,17 @@ pub fn signal(pid: u32, sig: &str) -> bool {
         .is_ok_and(|s| s.success())
 }
 
+/// Sends `sig` (a signal name such as `CONT`) to every child of process `ppid`; whether any
+/// was sent. pkill(1), for the same reason as [`signal`].
+pub fn signal_children(ppid: u32, sig: &str) -> bool {
+    Command::new("pkill")
+        .args(["--signal", sig, "-P", &ppid.to_string()])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// The path of this program, for the commands it hands to PostgreSQL (`restore_command`).
 /// When the binary was replaced while the server runs (a package upgrade), Linux names the
 /// running one "`<path> (deleted)`"; the commands then use the new binary at `<path>`.

@@ -8,7 +8,8 @@
 //!   file is catalogued, `--latest` reaches it, and the catalog equals a fresh rebuild;
 //! - a segment that passes its CRC but cannot be decoded: reported by `window` and `verify`,
 //!   the rest of the cluster plans and restores normally;
-//! - an instance restore whose server dies while it recovers: cleaned up at the next start.
+//! - an instance restore whose server dies while it recovers, or while its startup process is
+//!   stopped for the promotion: cleaned up at the next start.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -507,5 +508,71 @@ fn an_instance_restore_interrupted_by_a_crash_is_cleaned_up_at_start() {
     // Nothing holds the clone: the next restore works (and the lab finds no stray PostgreSQL).
     let inst = lab.restore_instance(&["--latest"]);
     assert_eq!(inst.checksums(), last);
+    lab.drop_restore(&inst.info.id);
+}
+
+/// PostgreSQL processes working under `dir` that are stopped (SIGSTOP, state `T`).
+fn stopped_postgres_under(dir: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let proc_dir = entry.path();
+        let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let stopped = rest.split_whitespace().next() == Some("T");
+        let in_dir = std::fs::read_link(proc_dir.join("cwd")).is_ok_and(|c| c.starts_with(dir));
+        if stopped && in_dir && head.ends_with("(postgres") {
+            let cmdline = std::fs::read(proc_dir.join("cmdline")).unwrap_or_default();
+            found.push(String::from_utf8_lossy(&cmdline).replace('\0', " "));
+        }
+    }
+    found
+}
+
+#[test]
+fn an_instance_restore_killed_while_its_startup_process_is_stopped_is_cleaned_up_at_start() {
+    let Some(mut lab) = Lab::start("integrity_promote_killed", Some(1)) else {
+        return;
+    };
+    backup_ok(&lab.d.agent, &lab.d.primary, &[]);
+    lab.d.primary.pgbench(&["-n", "-t", "100"]);
+    let t = PointInTime::between_commits(&lab.d.primary);
+    let at_t = lab.d.primary.checksums();
+    lab.d.primary.pgbench(&["-n", "-t", "100"]);
+    archive_now(&lab.d.primary);
+
+    // Killed while it promotes, between stopping the startup process and resuming it.
+    lab.d
+        .wv
+        .server
+        .restart_with_fault(Some("instance-promote-frozen"));
+    let r = lab.try_restore_instance(&["--time", &t.utc]);
+    assert!(!r.success(), "{}", r.describe());
+    assert!(lab.d.wv.server.wait_exit(Duration::from_secs(60)));
+    let stopped = stopped_postgres_under(lab.td().path());
+    assert!(
+        stopped.iter().any(|c| c.contains("startup")),
+        "the fault left no stopped startup process: {stopped:?}"
+    );
+
+    lab.d.wv.server.restart_with_fault(None);
+    assert!(
+        lab.restores().is_empty(),
+        "a restore interrupted by a crash is still listed: {:?}",
+        lab.restores()
+    );
+    let log = lab.d.wv.server.log_text();
+    assert!(log.contains("a restore was interrupted by the server's stop"));
+    // Resumed before it was asked to stop, it heeded the fast shutdown.
+    assert!(
+        !log.contains("fast shutdown failed"),
+        "the leftover instance did not stop at the fast shutdown: {log}"
+    );
+    assert_eq!(stopped_postgres_under(lab.td().path()), Vec::<String>::new());
+    let inst = lab.restore_instance(&["--time", &t.utc]);
+    assert_eq!(inst.checksums(), at_t);
     lab.drop_restore(&inst.info.id);
 }

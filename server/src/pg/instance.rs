@@ -632,6 +632,7 @@ impl Instance {
         // The postmaster passes the signal on to the startup process: give it a moment.
         std::thread::sleep(Duration::from_millis(20));
         let frozen = startup.parse::<u32>().ok().and_then(Frozen::stop);
+        crate::fault::point("instance-promote-frozen");
         if let Err(e) = self.query(
             "SELECT pg_wal_replay_resume(), pg_wal_replay_pause() \
              WHERE pg_is_in_recovery() AND pg_get_wal_replay_pause_state() = 'paused'",

@@ -343,11 +343,22 @@ pub fn stop_dir(bins: &PgBinaries, pgdata: &Path, os_user: &str) -> Result<(), P
     stop_postmaster(bins, pgdata, &run_as)
 }
 
+/// Resumes the children of the postmaster on `pgdata`, should one be stopped (SIGSTOP): a
+/// server killed while it promoted an instance leaves its startup process stopped (see
+/// `Instance::promote`), and a stopped process heeds no shutdown signal, so a fast shutdown
+/// would wait out its timeout and an immediate one the postmaster's SIGKILL of its children.
+fn resume_children(pgdata: &Path) {
+    if let Some(pid) = running_pid(pgdata) {
+        process::signal_children(pid, "CONT");
+    }
+}
+
 /// `pg_ctl stop -m immediate -w`; Ok if none runs.
 fn stop_immediately(bins: &PgBinaries, pgdata: &Path, run_as: &RunAs) -> Result<(), PgError> {
     if !is_running(pgdata) {
         return Ok(());
     }
+    resume_children(pgdata);
     let mut cmd = run_as.command(&bins.program("pg_ctl"));
     cmd.arg("stop").arg("-D").arg(pgdata).args([
         "-m",
@@ -407,6 +418,7 @@ fn stop_postmaster(bins: &PgBinaries, pgdata: &Path, run_as: &RunAs) -> Result<(
     if !is_running(pgdata) {
         return Ok(());
     }
+    resume_children(pgdata);
     let stop = |mode: &str, secs: u32| {
         let mut cmd = run_as.command(&bins.program("pg_ctl"));
         cmd.arg("stop").arg("-D").arg(pgdata).args([
