@@ -189,6 +189,21 @@ fn main() {
         backup.id,
         caught_up.elapsed().as_secs_f64()
     );
+    // Where each snapshot's replay starts against where it is consistent: a restartpoint
+    // cannot be newer than the last checkpoint record replayed, and the source's spread
+    // checkpoints put that record's redo point far behind it.
+    for s in &snapshots {
+        println!(
+            "  {}: redo {} ({:.0} MiB after the backup), consistent at {} ({:.0} MiB): \
+             replay starts {:.0} MiB before it",
+            s.id,
+            s.start(),
+            mib(s.start().0.saturating_sub(from.0)),
+            s.stop(),
+            mib(s.stop().0.saturating_sub(from.0)),
+            mib(s.stop().0.saturating_sub(s.start().0)),
+        );
+    }
 
     let mut report = Vec::new();
     for (n, target) in targets.iter().enumerate() {
