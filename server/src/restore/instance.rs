@@ -146,17 +146,7 @@ pub fn start(
         let data = c.data_dir(restores.storage())?;
         let dirs = c.point_tablespaces_home(restores.storage())?;
         let cfg = restores.config();
-        let local_wal = cfg.local_wal(&format!("{}-{id}", planned.cluster));
-        if let Some(dir) = &local_wal {
-            pg::localwal::move_out(&data, dir, Owner::lookup(restores.pg_user())).map_err(
-                RestoreError::io(format!(
-                    "move pg_wal of {} to {}",
-                    data.display(),
-                    dir.display()
-                )),
-            )?;
-        }
-        let wal_ahead = restores.wal_ahead_dir(local_wal.as_deref());
+        let wal_ahead = restores.move_pg_wal_out(&data, &format!("{}-{id}", planned.cluster))?;
         let port = pg::free_port(&cfg.listen_address, cfg.ports, &restores.ports_taken()).ok_or(
             RestoreError::NoPort {
                 id: id.clone(),

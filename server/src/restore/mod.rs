@@ -648,18 +648,31 @@ impl Restores {
         &self.config
     }
 
-    /// Where segments are unpacked ahead of recovery for a clone whose `pg_wal` is the local
-    /// directory `local_wal` (`None`: not at all, with `pg_wal` in the clone or
-    /// `restore.wal_ahead = 0`).
-    pub(crate) fn wal_ahead_dir(&self, local_wal: Option<&Path>) -> Option<PathBuf> {
-        local_wal
-            .filter(|_| self.config.wal_ahead > 0)
-            .map(wal_ahead::dir)
+    /// Before PostgreSQL recovers the clone whose data directory is `data`: moves its
+    /// `pg_wal` to a private local directory named after `label` (`restore.local_wal_dir`;
+    /// nothing when that is ""), so that restored segments do not cross FUSE, and returns
+    /// where segments are unpacked ahead of recovery, for [`Restores::read_ahead`] (`None`:
+    /// not at all, with `pg_wal` in the clone or `restore.wal_ahead = 0`).
+    pub(crate) fn move_pg_wal_out(
+        &self,
+        data: &Path,
+        label: &str,
+    ) -> Result<Option<PathBuf>, RestoreError> {
+        let Some(dir) = self.config.local_wal(label) else {
+            return Ok(None);
+        };
+        let owner = crate::backup::files::Owner::lookup(&self.pg_user);
+        crate::pg::localwal::move_out(data, &dir, owner).map_err(RestoreError::io(format!(
+            "move pg_wal of {} to {}",
+            data.display(),
+            dir.display()
+        )))?;
+        Ok((self.config.wal_ahead > 0).then(|| wal_ahead::dir(&dir)))
     }
 
     /// Runs ahead of PostgreSQL's recovery of `planned` on the copy in `dirs`: reads the
     /// blocks it will need (`restore.prefetch`) and unpacks its segments into `wal_ahead`
-    /// (from [`Restores::wal_ahead_dir`]); both stop when the result is dropped.
+    /// (from [`Restores::move_pg_wal_out`]); both stop when the result is dropped.
     pub(crate) fn read_ahead(
         &self,
         planned: &Planned,

@@ -488,14 +488,10 @@ impl RollForward {
             superuser: self.restore_config.superuser.clone(),
         };
         let result = (|| {
-            let local_wal = self
-                .restore_config
-                .local_wal(&format!("{cluster}-rollforward-{}", chain.base));
-            if let Some(dir) = &local_wal {
-                pg::localwal::move_out(&data, dir, self.owner())
-                    .map_err(|e| fail(format!("move pg_wal to {}: {e}", dir.display())))?;
-            }
-            let wal_ahead = self.restores.wal_ahead_dir(local_wal.as_deref());
+            let wal_ahead = self
+                .restores
+                .move_pg_wal_out(&data, &format!("{cluster}-rollforward-{}", chain.base))
+                .map_err(|e| fail(e.to_string()))?;
             crate::restore::clone::point_tablespaces(&data, &tablespaces).map_err(|e| {
                 fail(format!(
                     "point the tablespaces of {} at the chain: {e}",

@@ -279,19 +279,13 @@ impl Verifier {
             os_user: self.restores.pg_user().to_owned(),
             superuser: cfg.superuser.clone(),
         };
-        let local_wal = cfg.local_wal(&format!(
-            "{}-verify-{}",
-            planned.cluster, planned.plan.backup.id
-        ));
-        if let Some(dir) = &local_wal {
-            pg::localwal::move_out(
+        let wal_ahead = self
+            .restores
+            .move_pg_wal_out(
                 &data,
-                dir,
-                crate::backup::files::Owner::lookup(self.restores.pg_user()),
+                &format!("{}-verify-{}", planned.cluster, planned.plan.backup.id),
             )
-            .map_err(|e| format!("move pg_wal of the clone to {}: {e}", dir.display()))?;
-        }
-        let wal_ahead = self.restores.wal_ahead_dir(local_wal.as_deref());
+            .map_err(|e| e.to_string())?;
         let mut settings = planned.plan.settings.clone();
         settings.extend(cfg.tuning(planned.pg_major));
         // A throwaway copy: its fsyncs would only cost zfs-fuse requests.
