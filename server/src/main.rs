@@ -9,6 +9,12 @@ use walvault_server::auth::{pki, Principal};
 use walvault_server::catalog::{rebuild::rebuild, Catalog};
 use walvault_server::config::{self, Config, StorageConfig};
 
+// glibc's malloc keeps what a burst of concurrent pushes freed in its per-thread arenas, so
+// the server's RSS stayed at its peak long after (issue 12); jemalloc, with the background
+// purging `.cargo/config.toml` configures, hands it back to the OS within seconds.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser)]
 #[command(
     name = "walvault-server",
