@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod fault;
 pub mod layout;
+pub mod mounts;
 pub mod pg;
 pub mod process;
 pub mod restore;

@@ -15,7 +15,7 @@ use walvault_tests::harness::{
     restore::{archive_now, wait_in_recovery, wait_promoted, Lab, PointInTime},
     wait_until,
     wal::{archive_conf, fetch, wal_list},
-    Pg,
+    Pg, Storage,
 };
 
 type Sums = BTreeMap<String, String>;
@@ -101,6 +101,12 @@ fn time_target_both_deliveries() {
             && !pg_log.contains("end-of-recovery immediate"),
         "the instance left the pause without the promotion:\n{pg_log}"
     );
+    // On zfs-fuse PostgreSQL's prefetching advice would cost the daemon's CPU: it is off.
+    let prefetch = inst.psql("SHOW recovery_prefetch");
+    match &lab.d.storage {
+        Storage::Zfs(_) => assert_eq!(prefetch, "off", "an instance on zfs-fuse prefetches"),
+        Storage::Dir(_) => assert_eq!(prefetch, "try", "an instance on a local disk"),
+    }
     // Its segments were unpacked ahead of recovery beside its local pg_wal, and that
     // directory is gone once recovery is over.
     let log = lab.d.wv.server.log_text();

@@ -42,7 +42,14 @@ impl Running {
     }
 }
 
-/// Stops a postmaster left on a clone by an earlier server process, if any.
+/// The private directory of instance restore `id`'s Unix socket (short: socket paths are
+/// limited to about 100 bytes).
+fn socket_dir(id: impl std::fmt::Display) -> PathBuf {
+    PathBuf::from(format!("/tmp/walvault-{id}"))
+}
+
+/// Stops a postmaster left on a clone by an earlier server process, if any, and removes its
+/// socket directory.
 pub fn stop_leftover(
     restores: &Restores,
     record: &crate::catalog::RestoreRecord,
@@ -51,12 +58,13 @@ pub fn stop_leftover(
     let Ok(data) = c.data_dir(restores.storage()) else {
         return Ok(());
     };
-    if !pg::is_running(&data) {
-        return Ok(());
+    if pg::is_running(&data) {
+        let bins = PgBinaries::locate(&restores.config().pg_bin, record.pg_major)
+            .map_err(|e| e.to_string())?;
+        pg::stop_dir(&bins, &data, restores.pg_user()).map_err(|e| e.to_string())?;
     }
-    let bins = PgBinaries::locate(&restores.config().pg_bin, record.pg_major)
-        .map_err(|e| e.to_string())?;
-    pg::stop_dir(&bins, &data, restores.pg_user()).map_err(|e| e.to_string())
+    let _ = std::fs::remove_dir_all(socket_dir(&record.id));
+    Ok(())
 }
 
 /// The restore_command of an instance on this server: the server's own binary unpacks
@@ -154,7 +162,7 @@ pub fn start(
                 hi: cfg.ports.1,
             },
         )?;
-        let socket_dir = PathBuf::from(format!("/tmp/walvault-{id}"));
+        let socket_dir = socket_dir(&id);
         make_private_dir(&socket_dir, restores.pg_user())?;
         let spec = InstanceSpec {
             pgdata: data.clone(),
@@ -185,7 +193,7 @@ pub fn start(
             "restore_command".into(),
             restore_command(restores, planned, wal_ahead.as_deref())?,
         ));
-        settings.extend(cfg.tuning(planned.pg_major));
+        settings.extend(cfg.tuning(planned.pg_major, crate::mounts::is_fuse(&data)));
         pg::prepare(&spec, &id, &settings, "recovery.signal").map_err(|e| fail(e.to_string()))?;
         progress(&format!(
             "starting PostgreSQL {} on port {port}",

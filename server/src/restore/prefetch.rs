@@ -7,9 +7,10 @@
 //! Why: on zfs-fuse every 8 KiB read is one FUSE request served on the daemon's CPU, and replay
 //! waits on one such read per block it touches; a 1 MiB read costs little more than one of
 //! them, and the kernel keeps the pages it brought in. PostgreSQL's own prefetching
-//! (`recovery_prefetch`) only advises the kernel, which changes nothing on FUSE (measured:
-//! `maintenance_io_concurrency = 256` left replay as slow). On a local disk or OpenZFS this
-//! costs a little read-ahead and changes nothing else.
+//! (`recovery_prefetch`) advises the kernel block by block, which on FUSE costs the daemon's
+//! CPU for blocks mostly restored from full-page images anyway: the server turns it off on
+//! FUSE (`RestoreConfig::tuning`). On a local disk or OpenZFS this costs a little read-ahead
+//! and changes nothing else.
 //!
 //! Off by default (`[restore] prefetch`): on this kind of machine it did not pay. With
 //! pgbench's WAL (full-page images after every checkpoint, so replay reads few blocks) replay

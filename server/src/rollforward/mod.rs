@@ -503,7 +503,8 @@ impl RollForward {
                 &format!("roll-forward of {cluster}"),
                 &[
                     self.settings(planned, stop_before, wal_ahead.as_deref())?,
-                    self.restore_config.tuning(planned.pg_major),
+                    self.restore_config
+                        .tuning(planned.pg_major, crate::mounts::is_fuse(&data)),
                 ]
                 .concat(),
                 "standby.signal",

@@ -287,7 +287,7 @@ impl Verifier {
             )
             .map_err(|e| e.to_string())?;
         let mut settings = planned.plan.settings.clone();
-        settings.extend(cfg.tuning(planned.pg_major));
+        settings.extend(cfg.tuning(planned.pg_major, crate::mounts::is_fuse(&data)));
         // A throwaway copy: its fsyncs would only cost zfs-fuse requests.
         settings.push(("fsync".into(), "off".into()));
         settings.push((
