@@ -499,16 +499,27 @@ fn an_instance_restore_interrupted_by_a_crash_is_cleaned_up_at_start() {
         "a restore interrupted by a crash is still listed: {:?}",
         lab.restores()
     );
-    assert!(lab
-        .d
-        .wv
-        .server
-        .log_text()
-        .contains("a restore was interrupted by the server's stop"));
+    assert_no_socket_dir_left(&lab.d.wv.server.log_text());
     // Nothing holds the clone: the next restore works (and the lab finds no stray PostgreSQL).
     let inst = lab.restore_instance(&["--latest"]);
     assert_eq!(inst.checksums(), last);
     lab.drop_restore(&inst.info.id);
+}
+
+/// The server's log says it cleaned up an interrupted restore, and that restore's private
+/// socket directory is gone with it.
+fn assert_no_socket_dir_left(log: &str) {
+    let line = log
+        .lines()
+        .find(|l| l.contains("a restore was interrupted by the server's stop"))
+        .unwrap_or_else(|| panic!("no interrupted restore cleaned up:\n{log}"));
+    let id = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("restore="))
+        .unwrap_or_else(|| panic!("no restore id in {line:?}"))
+        .trim_matches('"');
+    let socket_dir = PathBuf::from(format!("/tmp/walvault-{id}"));
+    assert!(!socket_dir.exists(), "{} is left", socket_dir.display());
 }
 
 /// PostgreSQL processes working under `dir` that are stopped (SIGSTOP, state `T`).
@@ -565,7 +576,7 @@ fn an_instance_restore_killed_while_its_startup_process_is_stopped_is_cleaned_up
         lab.restores()
     );
     let log = lab.d.wv.server.log_text();
-    assert!(log.contains("a restore was interrupted by the server's stop"));
+    assert_no_socket_dir_left(&log);
     // Resumed before it was asked to stop, it heeded the fast shutdown.
     assert!(
         !log.contains("fast shutdown failed"),
