@@ -234,6 +234,20 @@ fn main() {
                 q.describe()
             );
             picked = info["backup_id"].as_str().unwrap_or("?").to_owned();
+            if round == 0 {
+                // Where the time went: the instance's recovery, and the server's steps.
+                let pg_log = psql_conninfo(
+                    &log,
+                    conninfo,
+                    "SELECT pg_read_file('walvault-restore.log')",
+                )
+                .stdout;
+                print_milestones(&pg_log);
+                let id = info["id"].as_str().unwrap_or_default();
+                for l in lab.d.wv.server.log_text().lines().filter(|l| l.contains(id)) {
+                    println!("    server: {}", l.chars().take(150).collect::<String>());
+                }
+            }
             lab.drop_restore(info["id"].as_str().unwrap_or_default());
             println!("  T{n} round {round}: walvault {secs:.2} s (from {picked})");
             wv.push(secs);
@@ -315,4 +329,22 @@ fn pgbackrest_pitr(lab: &Lab, pgbr: &Pgbackrest, target: &Target, n: usize, roun
     pg.stop();
     let _ = std::fs::remove_dir_all(&data);
     secs
+}
+
+/// The milestones of an instance's recovery in its PostgreSQL log.
+fn print_milestones(pg_log: &str) {
+    let keys = [
+        "starting PostgreSQL",
+        "redo starts",
+        "consistent recovery state",
+        "recovery stopping",
+        "redo done",
+        "selected new timeline",
+        "ready to accept connections",
+    ];
+    for l in pg_log.lines().filter(|l| keys.iter().any(|k| l.contains(k))) {
+        println!("    pg: {}", l.chars().take(150).collect::<String>());
+    }
+    let restored = pg_log.matches("restored log file").count();
+    println!("    pg: {restored} segments restored");
 }
