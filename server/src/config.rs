@@ -729,7 +729,11 @@ dataset = "tank/walvault"
                 .contains(&pair("recovery_prefetch", "off")),
             "no prefetching advice on FUSE"
         );
-        assert!(!c.restore.tuning(15, false).iter().any(|(k, _)| k == "recovery_prefetch"));
+        assert!(!c
+            .restore
+            .tuning(15, false)
+            .iter()
+            .any(|(k, _)| k == "recovery_prefetch"));
         // The operator's word wins.
         let text = format!("{GOOD}\n[restore.settings]\nrecovery_prefetch = \"on\"\n");
         let c = Config::parse(&text, Path::new("/")).unwrap();

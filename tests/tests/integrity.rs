@@ -582,7 +582,10 @@ fn an_instance_restore_killed_while_its_startup_process_is_stopped_is_cleaned_up
         !log.contains("fast shutdown failed"),
         "the leftover instance did not stop at the fast shutdown: {log}"
     );
-    assert_eq!(stopped_postgres_under(lab.td().path()), Vec::<String>::new());
+    assert_eq!(
+        stopped_postgres_under(lab.td().path()),
+        Vec::<String>::new()
+    );
     let inst = lab.restore_instance(&["--time", &t.utc]);
     assert_eq!(inst.checksums(), at_t);
     lab.drop_restore(&inst.info.id);

@@ -244,7 +244,14 @@ fn main() {
                 .stdout;
                 print_milestones(&pg_log);
                 let id = info["id"].as_str().unwrap_or_default();
-                for l in lab.d.wv.server.log_text().lines().filter(|l| l.contains(id)) {
+                for l in lab
+                    .d
+                    .wv
+                    .server
+                    .log_text()
+                    .lines()
+                    .filter(|l| l.contains(id))
+                {
                     println!("    server: {}", l.chars().take(150).collect::<String>());
                 }
             }
@@ -342,7 +349,10 @@ fn print_milestones(pg_log: &str) {
         "selected new timeline",
         "ready to accept connections",
     ];
-    for l in pg_log.lines().filter(|l| keys.iter().any(|k| l.contains(k))) {
+    for l in pg_log
+        .lines()
+        .filter(|l| keys.iter().any(|k| l.contains(k)))
+    {
         println!("    pg: {}", l.chars().take(150).collect::<String>());
     }
     let restored = pg_log.matches("restored log file").count();
