@@ -96,7 +96,7 @@ mod tests {
     }
 
     #[test]
-    fn this_machine_root_is_not_fuse() {
+    fn this_machines_mounts_are_read() {
         assert!(fs_type(Path::new("/")).is_some());
         assert!(!is_fuse(Path::new("/proc")));
     }

@@ -100,20 +100,18 @@ pub fn run_stdout(cmd: &mut Command) -> Result<String, ProcessError> {
 /// Sends `sig` (a kill(1) option such as `-STOP`) to process `pid`; whether it was sent.
 /// kill(1) rather than libc: no unsafe code for a signal.
 pub fn signal(pid: u32, sig: &str) -> bool {
-    Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
+    succeeds(Command::new("kill").args([sig, &pid.to_string()]))
 }
 
 /// Sends `sig` (a signal name such as `CONT`) to every child of process `ppid`; whether any
 /// was sent. pkill(1), for the same reason as [`signal`].
 pub fn signal_children(ppid: u32, sig: &str) -> bool {
-    Command::new("pkill")
-        .args(["--signal", sig, "-P", &ppid.to_string()])
-        .stdin(Stdio::null())
+    succeeds(Command::new("pkill").args(["--signal", sig, "-P", &ppid.to_string()]))
+}
+
+/// Whether `cmd`, run quietly, exits 0.
+fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdin(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success())

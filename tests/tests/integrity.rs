@@ -11,6 +11,7 @@
 //! - an instance restore whose server dies while it recovers, or while its startup process is
 //!   stopped for the promotion: cleaned up at the next start.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -398,12 +399,7 @@ fn a_segment_that_cannot_be_decoded_is_reported_and_the_rest_restores() {
     let Some(lab) = Lab::start("integrity_undecodable", Some(1)) else {
         return;
     };
-    backup_ok(&lab.d.agent, &lab.d.primary, &[]);
-    lab.d.primary.pgbench(&["-n", "-t", "100"]);
-    let t = PointInTime::between_commits(&lab.d.primary);
-    let at_t = lab.d.primary.checksums();
-    lab.d.primary.pgbench(&["-n", "-t", "100"]);
-    archive_now(&lab.d.primary);
+    let (t, at_t) = backup_then_a_time(&lab);
 
     // The next segment goes to a local directory instead, to be altered before it is pushed.
     let local = lab.td().mkdir_postgres("local-archive");
@@ -506,6 +502,18 @@ fn an_instance_restore_interrupted_by_a_crash_is_cleaned_up_at_start() {
     lab.drop_restore(&inst.info.id);
 }
 
+/// A full backup, pgbench, a time T between commits, more pgbench, archived: T and the
+/// source's checksums at T.
+fn backup_then_a_time(lab: &Lab) -> (PointInTime, BTreeMap<String, String>) {
+    backup_ok(&lab.d.agent, &lab.d.primary, &[]);
+    lab.d.primary.pgbench(&["-n", "-t", "100"]);
+    let t = PointInTime::between_commits(&lab.d.primary);
+    let at_t = lab.d.primary.checksums();
+    lab.d.primary.pgbench(&["-n", "-t", "100"]);
+    archive_now(&lab.d.primary);
+    (t, at_t)
+}
+
 /// The server's log says it cleaned up an interrupted restore, and that restore's private
 /// socket directory is gone with it.
 fn assert_no_socket_dir_left(log: &str) {
@@ -548,12 +556,7 @@ fn an_instance_restore_killed_while_its_startup_process_is_stopped_is_cleaned_up
     let Some(mut lab) = Lab::start("integrity_promote_killed", Some(1)) else {
         return;
     };
-    backup_ok(&lab.d.agent, &lab.d.primary, &[]);
-    lab.d.primary.pgbench(&["-n", "-t", "100"]);
-    let t = PointInTime::between_commits(&lab.d.primary);
-    let at_t = lab.d.primary.checksums();
-    lab.d.primary.pgbench(&["-n", "-t", "100"]);
-    archive_now(&lab.d.primary);
+    let (t, at_t) = backup_then_a_time(&lab);
 
     // Killed while it promotes, between stopping the startup process and resuming it.
     lab.d
