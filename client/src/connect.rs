@@ -39,6 +39,9 @@ pub async fn channel(config: &ClientConfig) -> Result<Channel, ClientError> {
         .tls_config(tls)
         .map_err(connect_err)?
         .connect_timeout(std::time::Duration::from_secs(10))
+        // Fetches and restores stream to us in chunks as pushes do to the server (STREAM_WINDOW).
+        .initial_stream_window_size(walvault_proto::STREAM_WINDOW)
+        .initial_connection_window_size(walvault_proto::CONNECTION_WINDOW)
         .timeout(config.timeout)
         .connect()
         .await

@@ -82,6 +82,17 @@ pub fn echo(s: &str) -> String {
 /// Bytes per message chunk on the wire: well under tonic's 4 MiB default message limit.
 pub const CHUNK_SIZE: usize = 1 << 20;
 
+/// HTTP/2 flow-control window of one stream, both ways: four chunks and their framing, so that
+/// a sender has the next chunks on the wire while the receiver writes the last one, and a 16 MiB
+/// segment compressed by zstd (about 4 MiB) goes out without waiting. hyper's server default of
+/// 1 MiB is less than one chunk with its framing: every chunk of a push waited for the
+/// server's window updates, and the push alternated between the wire and the disk.
+pub const STREAM_WINDOW: u32 = 4 * CHUNK_SIZE as u32 + (64 << 10);
+
+/// HTTP/2 flow-control window of one connection: two streams' worth, for look-ahead pushes
+/// and restores that run several streams over one connection.
+pub const CONNECTION_WINDOW: u32 = 2 * STREAM_WINDOW;
+
 /// The largest WAL file we accept, compressed or not: PostgreSQL's maximum segment size.
 pub const MAX_WAL_FILE_SIZE: u64 = 1 << 30;
 

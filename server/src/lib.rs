@@ -247,6 +247,10 @@ pub async fn run(
         // without closing its connection is found by keepalives instead.
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(std::time::Duration::from_secs(20)))
+        // A push keeps the wire and the disk busy at once (see STREAM_WINDOW); what the windows
+        // let clients buffer is bounded by the streams the budget admits.
+        .initial_stream_window_size(Some(walvault_proto::STREAM_WINDOW))
+        .initial_connection_window_size(Some(walvault_proto::CONNECTION_WINDOW))
         .add_service(s.archive)
         .add_service(s.admin)
         .add_service(s.backup)

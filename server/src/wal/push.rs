@@ -16,7 +16,7 @@ use std::fs;
 use std::io::{self, BufWriter, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use walvault_proto::{ClusterId, WalFileKind, WalFileName, MAX_WAL_FILE_SIZE};
 
@@ -138,6 +138,8 @@ pub struct Push {
     received: u64,
     max_payload: u64,
     started: Instant,
+    /// Time spent writing and checking pieces; the rest of the receive waited on the client.
+    writing: Duration,
     published: bool,
 }
 
@@ -254,6 +256,7 @@ impl WalArchive {
                 header.size
             },
             started: Instant::now(),
+            writing: Duration::ZERO,
             published: false,
             header,
         };
@@ -341,6 +344,7 @@ impl Push {
 
     /// Takes the next piece of the payload. Blocking (file I/O, decompression).
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), ArchiveError> {
+        let began = Instant::now();
         self.received += chunk.len() as u64;
         if self.received > self.max_payload {
             return Err(ArchiveError::TooLarge {
@@ -365,6 +369,7 @@ impl Push {
                 .and_then(|()| encoder.write_all(chunk).map_err(|e| (e, false))),
             None => Ok(()),
         };
+        self.writing += began.elapsed();
         r.map_err(|(e, decoding)| self.payload_error(e, decoding))
     }
 
@@ -494,6 +499,7 @@ impl Push {
         tracing::debug!(
             %cluster, %name,
             receive_ms = received_ms.as_millis(),
+            writing_ms = self.writing.as_millis(),
             verify_ms = (verified - received_ms).as_millis(),
             check_ms = (checked - verified).as_millis(),
             publish_ms = (self.started.elapsed() - checked).as_millis(),
